@@ -1,0 +1,216 @@
+"""Broker settings: defaults <- TOML file <- DURABLE_TQ_* environment <- explicit overrides."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from durable_tq import errors
+
+ENV_PREFIX = "DURABLE_TQ_"
+DEFAULT_CONFIG_FILE = "durable_tq.toml"
+
+
+class Synchronous(StrEnum):
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+
+
+class Settings(BaseSettings):
+    """Every knob the broker has. Durations are seconds."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    # network
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(7480, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    auth_tokens: list[str] = Field(
+        default_factory=list, description="Accepted hello tokens; empty means no auth."
+    )
+    max_connections: int = Field(1024, ge=1, description="Open connections at most.")
+    max_frame_bytes: int = Field(1 << 20, ge=1024, description="Longest request line.")
+    max_inflight: int = Field(
+        256, ge=1, description="Requests one connection may have unanswered at once."
+    )
+    hello_timeout: float = Field(10.0, gt=0, description="Close connections silent before hello.")
+    idle_timeout: float | None = Field(
+        None, gt=0, description="Close connections silent this long after hello (None: never)."
+    )
+    release_on_disconnect: bool = Field(
+        False, description="Release a worker's leases as soon as its connection drops."
+    )
+
+    # storage
+    db_path: Path = Field(Path("durable_tq.db"), description="SQLite database file.")
+    synchronous: Synchronous = Field(
+        Synchronous.FULL, description="FULL: every ok is on disk. NORMAL: faster, WAL-safe."
+    )
+    busy_timeout: float = Field(5.0, ge=0, description="Wait this long for a SQLite lock.")
+    read_connections: int = Field(2, ge=1, le=16, description="Read-only SQLite connections.")
+    max_batch: int = Field(1024, ge=1, description="Write requests per group commit at most.")
+    max_pending_writes: int = Field(
+        8192, ge=1, description="Queued write requests before connections stop reading."
+    )
+
+    # task semantics
+    default_lease: float = Field(30.0, gt=0, description="Lease of a claim, unless given.")
+    max_lease: float = Field(86400.0, gt=0, description="Longest lease a claim may ask for.")
+    max_attempts: int = Field(5, ge=1, description="Attempts of a task, unless given.")
+    backoff_base: float = Field(1.0, ge=0, description="First retry delay.")
+    backoff_cap: float = Field(3600.0, ge=0, description="Longest retry delay.")
+    backoff_jitter: float = Field(
+        0.5, ge=0, le=1, description="Retry delay grows by up to this fraction at random."
+    )
+    max_queue_depth: int = Field(
+        1_000_000, ge=0, description="Ready + scheduled tasks per queue; 0 is unlimited."
+    )
+    max_claim: int = Field(1000, ge=1, description="Tasks one claim may take at most.")
+    max_wait: float = Field(300.0, ge=0, description="Longest long-poll a claim may ask for.")
+    max_enqueue_many: int = Field(10_000, ge=1, description="Tasks in one enqueue_many.")
+
+    # background work
+    sweep_interval: float = Field(1.0, gt=0, description="Seconds between sweeps.")
+    heartbeat_interval: float = Field(5.0, gt=0, description="Told to workers in hello.")
+    worker_timeout: float = Field(30.0, gt=0, description="A worker silent this long is dead.")
+    retention: float = Field(
+        7 * 86400.0, ge=0, description="Keep finished tasks this long; 0 keeps them forever."
+    )
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("backoff_cap must be >= backoff_base")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+
+SECRET_FIELDS = frozenset({"auth_tokens"})
+
+
+def _settings_class(config_file: Path | None) -> type[Settings]:
+    """A Settings subclass whose TOML source reads ``config_file``."""
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    _FileSettings.__name__ = "Settings"
+    return _FileSettings
+
+
+def find_config_file(config_file: str | Path | None) -> Path | None:
+    """The TOML file to read: the one given (must exist), else ./durable_tq.toml if present."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise errors.ConfigError(f"config file {path} does not exist")
+        return path
+    env_path = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env_path:
+        return find_config_file(env_path)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def value_sources(
+    config_file: Path | None, overrides: dict[str, Any]
+) -> dict[str, str]:
+    """Where each setting's value comes from: override, env, file or default."""
+    file_values = _read_toml(config_file)
+    where: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if name in overrides:
+            where[name] = "override"
+        elif (ENV_PREFIX + name).upper() in {k.upper() for k in os.environ}:
+            where[name] = f"env {ENV_PREFIX}{name.upper()}"
+        elif name in file_values:
+            where[name] = f"file {config_file}"
+        else:
+            where[name] = "default"
+    return where
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings; a bad value raises ConfigError naming field and source."""
+    path = find_config_file(config_file)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _read_toml(path)  # fail on broken TOML with our own message
+    try:
+        return _settings_class(path)(**overrides)
+    except ValidationError as exc:
+        sources = value_sources(path, overrides)
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "settings"
+            source = sources.get(field, "settings")
+            problems.append(f"{field} (from {source}): {err['msg']}")
+        raise errors.ConfigError("invalid settings: " + "; ".join(problems)) from exc
+
+
+def describe(settings: Settings, sources: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(name, value, source) for every setting, secrets masked."""
+    rows = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS and value:
+            shown = f"[{len(value)} hidden]"
+        else:
+            shown = str(value.value if isinstance(value, StrEnum) else value)
+        rows.append((name, shown, sources.get(name, "default")))
+    return rows

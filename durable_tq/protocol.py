@@ -1,0 +1,304 @@
+"""Wire models of protocol v1 and the NDJSON line codec; no I/O happens here."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from durable_tq import errors
+
+PROTOCOL_VERSION = 1
+SERVER_NAME = "durable_tq/0.1.0"
+
+INT64_MAX = 2**63 - 1
+#: About 300 years: far enough for any schedule, small enough to stay exact as a float.
+MAX_SECONDS = 1e10
+
+
+class TaskState(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+LIVE_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED, TaskState.LEASED})
+FINISHED_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
+#: The states a queue's depth counts against ``max_queue_depth``.
+WAITING_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED})
+
+
+class WorkerCommand(StrEnum):
+    RUNNING = "running"
+    QUIET = "quiet"
+    TERMINATE = "terminate"
+
+
+QueueName = Annotated[str, Field(min_length=1, max_length=200)]
+TaskId = Annotated[int, Field(ge=1, le=INT64_MAX)]
+LeaseToken = Annotated[str, Field(min_length=1, max_length=100)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
+Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
+class Request(BaseModel):
+    """Arguments of one operation (the envelope's ``id`` and ``op`` are not part of it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    op: str = Field("", exclude=True)  # overwritten by each subclass's class variable
+
+
+class WorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    queues: list[QueueName] | None = None  # None: every queue
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] = 1
+    meta: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Hello(Request):
+    version: int
+    token: str | None = None
+    client: Annotated[str, Field(max_length=200)] | None = None
+    worker: WorkerSpec | None = None
+
+
+class Enqueue(Request):
+    queue: QueueName
+    payload: JsonValue = None
+    priority: Priority = 0
+    delay: Seconds | None = None
+    run_at: Timestamp | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    lease: PositiveSeconds | None = None
+    unique_key: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_time(self) -> Enqueue:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        return self
+
+
+class EnqueueMany(Request):
+    tasks: list[Enqueue]
+
+
+class Claim(Request):
+    queues: Annotated[list[QueueName], Field(min_length=1, max_length=1000)]
+    max: Annotated[int, Field(ge=1)] = 1
+    wait: Seconds = 0.0
+    lease: PositiveSeconds | None = None
+
+
+class Ack(Request):
+    task_id: TaskId
+    lease_token: LeaseToken
+    result: JsonValue = None
+
+
+class Fail(Request):
+    task_id: TaskId
+    lease_token: LeaseToken
+    error: Annotated[str, Field(max_length=65536)] = ""
+    retry: bool = True
+    delay: Seconds | None = None
+
+
+class Release(Request):
+    task_id: TaskId
+    lease_token: LeaseToken
+    delay: Seconds | None = None
+
+
+class Extend(Request):
+    task_id: TaskId
+    lease_token: LeaseToken
+    lease: PositiveSeconds
+
+
+class Heartbeat(Request):
+    pass
+
+
+class Get(Request):
+    task_id: TaskId
+
+
+class Cancel(Request):
+    task_id: TaskId
+
+
+class Stats(Request):
+    pass
+
+
+class List(Request):
+    queue: QueueName | None = None
+    state: TaskState | None = None
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
+    after_id: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
+
+
+class Requeue(Request):
+    task_ids: Annotated[list[TaskId], Field(max_length=100_000)] | None = None
+    queue: QueueName | None = None
+    state: Literal[TaskState.DEAD, TaskState.CANCELLED] | None = None
+
+    @model_validator(mode="after")
+    def _by_ids_or_queue(self) -> Requeue:
+        if self.task_ids is None and (self.queue is None or self.state is None):
+            raise ValueError("give task_ids, or queue and state")
+        if self.task_ids is not None and (self.queue is not None or self.state is not None):
+            raise ValueError("give task_ids, or queue and state, not both")
+        return self
+
+
+class Pause(Request):
+    queue: QueueName
+
+
+class Resume(Request):
+    queue: QueueName
+
+
+class Purge(Request):
+    queue: QueueName
+    state: TaskState | None = None
+
+    @model_validator(mode="after")
+    def _never_leased(self) -> Purge:
+        if self.state is TaskState.LEASED:
+            raise ValueError("purge never touches leased tasks")
+        return self
+
+
+class Workers(Request):
+    pass
+
+
+class WorkerState(Request):
+    worker_id: Annotated[str, Field(min_length=1, max_length=200)]
+    state: WorkerCommand
+
+
+class Bye(Request):
+    pass
+
+
+#: Operation name -> its argument model. The server dispatches on this table.
+REQUESTS: dict[str, type[Request]] = {
+    "hello": Hello,
+    "enqueue": Enqueue,
+    "enqueue_many": EnqueueMany,
+    "claim": Claim,
+    "ack": Ack,
+    "fail": Fail,
+    "release": Release,
+    "extend": Extend,
+    "heartbeat": Heartbeat,
+    "get": Get,
+    "cancel": Cancel,
+    "stats": Stats,
+    "list": List,
+    "requeue": Requeue,
+    "pause": Pause,
+    "resume": Resume,
+    "purge": Purge,
+    "workers": Workers,
+    "worker_state": WorkerState,
+    "bye": Bye,
+}
+for _name, _model in REQUESTS.items():
+    _model.model_fields["op"].default = _name
+    _model.model_rebuild(force=True)
+
+#: Operations whose ok reply promises a committed change (PROTOCOL.md, Durable replies).
+WRITE_OPS = frozenset(
+    {"enqueue", "enqueue_many", "ack", "fail", "release", "requeue", "cancel", "purge"}
+)
+
+RequestId = int | str | None
+
+
+# --- the line codec ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_frame(line: bytes) -> tuple[RequestId, dict[str, Any]]:
+    """Parse one line into (id, object). Raises BadRequest carrying the id when it was readable.
+
+    The id is returned even when the object is otherwise wrong, so the error reply can carry it.
+    """
+    try:
+        obj = json.loads(line, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise errors.BadRequest(f"frame is not valid JSON: {_short(exc)}") from None
+    if not isinstance(obj, dict):
+        raise errors.BadRequest("frame must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool) or not isinstance(request_id, int | str)
+    ):
+        raise errors.BadRequest("id must be an integer or a string")
+    return request_id, obj
+
+
+def parse_request(obj: dict[str, Any]) -> Request:
+    """Validate a decoded frame into its operation's model."""
+    op = obj.get("op")
+    if op is None:
+        raise errors.BadRequest("request has no op")
+    if not isinstance(op, str):
+        raise errors.BadRequest("op must be a string")
+    model = REQUESTS.get(op)
+    if model is None:
+        raise errors.UnknownOp(f"unknown op {op[:100]!r}")
+    args = {k: v for k, v in obj.items() if k not in ("id", "op")}
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise errors.BadRequest(describe_validation(exc)) from None
+    except RecursionError:
+        raise errors.BadRequest("request is nested too deeply") from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One compact JSON line, ended by a newline."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def ok_reply(request_id: RequestId, result: dict[str, Any]) -> bytes:
+    return encode({"id": request_id, "ok": True, **result})
+
+
+def error_reply(request_id: RequestId, exc: errors.DurableTQError) -> bytes:
+    return encode({"id": request_id, "ok": False, "error": exc.to_wire()})
+
+
+def dumps_value(value: Any) -> str:
+    """JSON text of a payload or result as stored in the database."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,225 @@
+"""Every SQL statement the broker runs, by name. sqlite3 prepares each once per connection."""
+
+# Columns of the wire task object, in the order rows come back.
+TASK_COLUMNS = (
+    "id, queue, state, payload, priority, attempts, max_attempts, run_at, created_at,"
+    " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at"
+)
+
+# --- enqueue ----------------------------------------------------------------------------------
+
+FIND_LIVE_UNIQUE = """
+SELECT id FROM tasks
+WHERE queue = ? AND unique_key = ? AND state IN ('scheduled', 'queued', 'leased')
+"""
+
+QUEUE_DEPTH = """
+SELECT coalesce(sum(n), 0) FROM queue_counts
+WHERE queue = ? AND state IN ('scheduled', 'queued')
+"""
+
+INSERT_TASK = """
+INSERT INTO tasks (queue, state, payload, priority, max_attempts, lease_seconds, run_at,
+                   created_at, updated_at, unique_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+INSERT_QUEUE = "INSERT OR IGNORE INTO queues (name) VALUES (?)"
+
+# --- claim ------------------------------------------------------------------------------------
+
+WORKER_FOR_CLAIM = """
+SELECT w.state, w.concurrency,
+       (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.worker_id = w.id)
+FROM workers w WHERE w.id = ?
+"""
+
+READY_IN_QUEUE = """
+SELECT id, priority FROM tasks
+WHERE state = 'queued' AND queue = ?
+ORDER BY priority DESC, id LIMIT ?
+"""
+
+# ?1 token salt is not needed: randomblob gives every row its own fresh token.
+_LEASE_SET = """
+SET state = 'leased',
+    attempts = attempts + 1,
+    lease_token = lower(hex(randomblob(12))),
+    lease_expires_at = :now + coalesce(:lease, lease_seconds),
+    worker_id = :worker_id,
+    updated_at = :now
+"""
+_LEASE_RETURNING = """
+RETURNING id, queue, payload, priority, attempts, lease_token, lease_expires_at
+"""
+
+LEASE_BEST_OF_QUEUE = (
+    "UPDATE tasks"
+    + _LEASE_SET
+    + """WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' AND queue = :queue
+                      ORDER BY priority DESC, id LIMIT :limit)"""
+    + _LEASE_RETURNING
+)
+
+LEASE_IDS = (
+    "UPDATE tasks"
+    + _LEASE_SET
+    + "WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'"
+    + _LEASE_RETURNING
+)
+
+# --- lease holders ------------------------------------------------------------------------------
+
+LEASE_OF = """
+SELECT state, lease_token, lease_expires_at, attempts, max_attempts, queue FROM tasks WHERE id = ?
+"""
+
+ACK = """
+UPDATE tasks
+SET state = 'succeeded', result = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL
+WHERE id = ? AND state = 'leased' AND lease_token = ? AND lease_expires_at > ?
+"""
+
+TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = ?"
+
+RETRY = """
+UPDATE tasks
+SET state = ?, run_at = ?, last_error = ?, updated_at = ?, lease_expires_at = NULL
+WHERE id = ?
+"""
+
+BURY = """
+UPDATE tasks
+SET state = 'dead', last_error = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL
+WHERE id = ?
+"""
+
+RELEASE = """
+UPDATE tasks
+SET state = ?, run_at = ?, attempts = attempts - 1, updated_at = ?, lease_expires_at = NULL
+WHERE id = ?
+"""
+
+EXTEND = """
+UPDATE tasks SET lease_expires_at = ?, updated_at = ?
+WHERE id = ? AND state = 'leased' AND lease_token = ? AND lease_expires_at > ?
+"""
+
+# --- operator operations ----------------------------------------------------------------------
+
+TASK_STATE = "SELECT state, queue FROM tasks WHERE id = ?"
+
+CANCEL = """
+UPDATE tasks SET state = 'cancelled', finished_at = ?, updated_at = ?
+WHERE id = ? AND state IN ('scheduled', 'queued', 'dead')
+"""
+
+_REQUEUE_SET = """
+UPDATE OR IGNORE tasks
+SET state = 'queued', attempts = 0, run_at = :now, updated_at = :now, finished_at = NULL,
+    lease_expires_at = NULL, lease_token = NULL, worker_id = NULL
+"""
+
+REQUEUE_IDS = (
+    _REQUEUE_SET
+    + """WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('dead', 'cancelled')
+RETURNING queue"""
+)
+
+REQUEUE_QUEUE = _REQUEUE_SET + "WHERE queue = :queue AND state = :state RETURNING queue"
+
+SET_PAUSED = """
+INSERT INTO queues (name, paused) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+"""
+
+PURGE_QUEUE = "DELETE FROM tasks WHERE queue = ? AND state != 'leased'"
+PURGE_QUEUE_STATE = "DELETE FROM tasks WHERE queue = ? AND state = ?"
+
+# --- workers ----------------------------------------------------------------------------------
+
+REGISTER_WORKER = """
+INSERT INTO workers (id, queues, concurrency, meta, connected, registered_at, last_heartbeat)
+VALUES (:id, :queues, :concurrency, :meta, 1, :now, :now)
+ON CONFLICT (id) DO UPDATE SET
+    queues = excluded.queues, concurrency = excluded.concurrency, meta = excluded.meta,
+    connected = 1, last_heartbeat = excluded.last_heartbeat,
+    state = CASE WHEN state = 'terminate' THEN 'running' ELSE state END
+"""
+
+HEARTBEAT = "UPDATE workers SET last_heartbeat = ?, connected = 1 WHERE id = ? RETURNING state"
+
+SET_WORKER_STATE = "UPDATE workers SET state = ? WHERE id = ?"
+
+WORKER_GONE = "UPDATE workers SET connected = 0 WHERE id = ?"
+
+RELEASE_WORKER_LEASES = """
+UPDATE tasks
+SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN attempts >= max_attempts THEN :now END,
+    last_error = 'worker disconnected', run_at = :now, updated_at = :now,
+    lease_expires_at = NULL
+WHERE state = 'leased' AND worker_id = :worker_id
+RETURNING queue, state
+"""
+
+LIST_WORKERS = """
+SELECT id, queues, concurrency, state, last_heartbeat, connected, meta, registered_at
+FROM workers ORDER BY id
+"""
+
+LEASES_BY_WORKER = """
+SELECT worker_id, count(*) FROM tasks WHERE state = 'leased' AND worker_id IS NOT NULL
+GROUP BY worker_id
+"""
+
+LIVE_WORKERS = "SELECT count(*) FROM workers WHERE last_heartbeat > ?"
+
+# --- reads ------------------------------------------------------------------------------------
+
+GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"
+
+QUEUE_COUNTS = "SELECT queue, state, n FROM queue_counts WHERE n > 0"
+QUEUES = "SELECT name, paused FROM queues"
+PAUSED_QUEUES = "SELECT name FROM queues WHERE paused"
+ALL_QUEUES = "SELECT name FROM queues"
+
+OLDEST_QUEUED = """
+SELECT run_at FROM tasks WHERE queue = ? AND state = 'queued' ORDER BY id LIMIT 1
+"""
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+SWEEP_EXPIRED_LEASES = """
+UPDATE tasks
+SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN attempts >= max_attempts THEN :now END,
+    last_error = CASE WHEN lease_expires_at <= :now THEN 'lease expired'
+                      ELSE 'worker timed out' END,
+    run_at = :now, updated_at = :now, lease_expires_at = NULL
+WHERE state = 'leased'
+  AND (lease_expires_at <= :now
+       OR worker_id IN (SELECT id FROM workers WHERE last_heartbeat <= :worker_deadline))
+RETURNING queue, state
+"""
+
+SWEEP_DUE = """
+UPDATE tasks SET state = 'queued', updated_at = :now
+WHERE state = 'scheduled' AND run_at <= :now
+RETURNING queue
+"""
+
+SWEEP_RETENTION = """
+DELETE FROM tasks WHERE id IN (
+    SELECT id FROM tasks
+    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at <= :cutoff
+    LIMIT :limit)
+"""
+
+SWEEP_FORGOTTEN_WORKERS = """
+DELETE FROM workers WHERE connected = 0 AND last_heartbeat <= :cutoff
+  AND id NOT IN (SELECT worker_id FROM tasks WHERE state = 'leased' AND worker_id IS NOT NULL)
+"""
+
+NEXT_DUE = "SELECT min(run_at) FROM tasks WHERE state = 'scheduled'"
+NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"

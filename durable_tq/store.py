@@ -1,0 +1,323 @@
+"""All SQLite access: connections, pragmas, the group-commit writer and the read connections.
+
+Writes are functions of a ``sqlite3.Connection`` handed to :meth:`Store.write`. One writer
+task drains every pending write function, runs them all on the database thread inside one
+transaction (each under its own savepoint, so one request's error undoes only its own work),
+commits once, and only then answers every caller. One fsync serves the whole batch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiosqlite
+import anyio
+
+from durable_tq import errors, migrate
+from durable_tq.config import Settings
+
+log = logging.getLogger("durable_tq.store")
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], T]
+ReadFn = Callable[[sqlite3.Connection], T]
+
+async def on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(sqlite3_connection, *args)`` on the connection's own thread: one hop for a whole
+    batch of statements instead of one per statement (aiosqlite's public calls hop each time).
+    """
+    result: T = await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
+def storage_error(exc: sqlite3.Error, doing: str) -> errors.StorageError:
+    """Translate a sqlite3 error at the store's boundary."""
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return errors.StorageError(f"storage failed while {doing}: {name}: {exc}")
+
+
+class _PendingWrite(Generic[T]):
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: WriteFn[T]) -> None:
+        self.fn = fn
+        self.done = anyio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+@dataclass
+class StoreStats:
+    commits: int = 0
+    writes: int = 0
+    largest_batch: int = 0
+
+
+def configure(conn: sqlite3.Connection, settings: Settings, *, readonly: bool = False) -> None:
+    """Pragmas every connection of ours gets."""
+    conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
+    conn.execute("PRAGMA cache_size = -32768")  # 32 MiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise errors.StorageError(f"could not switch {settings.db_path} to WAL (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {settings.synchronous.value}")
+
+
+class DatabaseLock:
+    """An exclusive advisory lock beside the database: one broker per file."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(str(db_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise errors.ConfigError(
+                f"database {self.path.with_suffix('')} is in use by another broker "
+                f"(pid {holder}); stop it or use another file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Store:
+    """The database of one broker: a group-commit writer and read-only connections."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.db_path)
+        self.stats = StoreStats()
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = 0
+        self._pending: list[_PendingWrite[Any]] = []
+        self._wakeup = anyio.Event()
+        self._room = anyio.Semaphore(settings.max_pending_writes)
+        self._lock = DatabaseLock(self.path)
+        self._closing = False
+        self._writer_done = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Lock the file, connect, migrate, and start the writer task."""
+        self._lock.acquire()
+        try:
+            self._writer = await self._connect(readonly=False)
+            await on_db_thread(self._writer, migrate.apply_migrations)
+            for _ in range(self.settings.read_connections):
+                self._readers.append(await self._connect(readonly=True))
+        except BaseException:
+            await self._close_connections()
+            self._lock.release()
+            raise
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._writer_loop, name="durable_tq store writer")
+
+    async def close(self) -> None:
+        """Finish every pending write, then close the connections and release the file."""
+        if self._task_group is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await self._writer_done.wait()
+        await self._task_group.__aexit__(None, None, None)
+        self._task_group = None
+        if self._writer is not None:
+            try:
+                await self._writer.execute("PRAGMA optimize")
+            except sqlite3.Error as exc:
+                log.warning("PRAGMA optimize failed on close: %s", exc)
+        await self._close_connections()
+        self._lock.release()
+
+    async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
+        try:
+            conn = await aiosqlite.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise storage_error(exc, f"opening {self.path}") from exc
+        try:
+            await on_db_thread(conn, configure, self.settings, readonly)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise storage_error(exc, f"configuring {self.path}") from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _close_connections(self) -> None:
+        for conn in [*self._readers, self._writer]:
+            if conn is not None:
+                try:
+                    await conn.close()
+                except sqlite3.Error as exc:  # closing must not hide the real error
+                    log.warning("closing a connection failed: %s", exc)
+        self._readers.clear()
+        self._writer = None
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        """Run ``fn`` in the next group commit; return its result once that commit is durable.
+
+        ``fn`` raising a DurableTQError undoes its own changes only and is re-raised here.
+        """
+        if self._closing:
+            raise errors.ShuttingDown("the broker is stopping")
+        async with self._room:
+            pending = _PendingWrite(fn)
+            self._pending.append(pending)
+            self._wakeup.set()
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]
+
+    async def _writer_loop(self) -> None:
+        assert self._writer is not None
+        writer = self._writer
+        try:
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    continue
+                batch = self._pending[: self.settings.max_batch]
+                del self._pending[: len(batch)]
+                try:
+                    await on_db_thread(writer, self._run_batch, batch)
+                except Exception as exc:  # the database thread itself failed
+                    log.exception("write batch failed")
+                    for pending in batch:
+                        if pending.error is None:
+                            pending.error = errors.Internal("write batch failed")
+                        pending.error.__cause__ = exc
+                for pending in batch:
+                    pending.done.set()
+        finally:
+            for pending in self._pending:
+                pending.error = errors.ShuttingDown("the broker is stopping")
+                pending.done.set()
+            self._pending.clear()
+            self._writer_done.set()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
+        """On the database thread: one transaction, a savepoint per request, one commit."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = storage_error(exc, "starting a write transaction")
+            for pending in batch:
+                pending.error = error
+            return
+        for pending in batch:
+            conn.execute("SAVEPOINT request")
+            try:
+                pending.result = pending.fn(conn)
+            except errors.DurableTQError as exc:
+                pending.error = exc
+                conn.execute("ROLLBACK TO request")
+            except sqlite3.Error as exc:
+                pending.error = self._request_failed(conn, exc)
+                if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                    self._fail_batch(batch, pending.error)
+                    return
+            except Exception as exc:
+                log.exception("write request failed")
+                pending.error = errors.Internal(f"{type(exc).__name__} in a write")
+                conn.execute("ROLLBACK TO request")
+            conn.execute("RELEASE request")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._fail_batch(batch, storage_error(exc, "committing"))
+            return
+        self.stats.commits += 1
+        self.stats.writes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+
+    def _request_failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> errors.StorageError:
+        log.error("write request failed in SQLite: %s", exc)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK TO request")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+        return storage_error(exc, "writing")
+
+    @staticmethod
+    def _fail_batch(batch: list[_PendingWrite[Any]], error: errors.DurableTQError) -> None:
+        """Nothing of this batch was committed: every caller gets the error."""
+        for pending in batch:
+            pending.result = None
+            pending.error = error
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def read(self, fn: ReadFn[T]) -> T:
+        """Run ``fn`` on a read-only connection, in one read transaction (a consistent view)."""
+        if not self._readers:
+            raise errors.ShuttingDown("the store is closed")
+        reader = self._readers[self._next_reader % len(self._readers)]
+        self._next_reader += 1
+        try:
+            return await on_db_thread(reader, _in_read_transaction, fn)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "reading") from exc
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+
+def _in_read_transaction(conn: sqlite3.Connection, fn: ReadFn[T]) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A plain read-only connection for tools (CLI ``--db``), without the broker's lock."""
+    if not Path(path).exists():
+        raise errors.ConfigError(f"database {path} does not exist")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.Error as exc:
+        raise storage_error(exc, f"opening {path} read-only") from exc
+    return conn

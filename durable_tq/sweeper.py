@@ -1,0 +1,115 @@
+"""Periodic sweeps: expired leases, due scheduled tasks, silent workers, retention."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import anyio
+
+from durable_tq import errors, queries
+from durable_tq.broker import Broker
+from durable_tq.protocol import TaskState
+
+log = logging.getLogger("durable_tq.sweeper")
+
+#: Finished tasks deleted per sweep at most, so one sweep never holds the writer for long.
+RETENTION_BATCH = 5000
+#: Workers gone and silent this long are forgotten (their rows deleted).
+FORGET_WORKERS_AFTER = 7 * 86400.0
+
+
+@dataclass
+class SweepResult:
+    ready: Counter[str] = field(default_factory=Counter)
+    expired: int = 0
+    dead: int = 0
+    due: int = 0
+    deleted: int = 0
+    next_due: float = math.inf
+
+
+def sweep_once(conn: sqlite3.Connection, broker: Broker, now: float) -> SweepResult:
+    """On the DB thread, in the writer's transaction: every sweep, one statement each."""
+    settings = broker.settings
+    result = SweepResult()
+    rows = conn.execute(
+        queries.SWEEP_EXPIRED_LEASES,
+        {"now": now, "worker_deadline": now - settings.worker_timeout},
+    ).fetchall()
+    for queue, state in rows:
+        if state == TaskState.QUEUED:
+            result.ready[queue] += 1
+            result.expired += 1
+        else:
+            result.dead += 1
+    for (queue,) in conn.execute(queries.SWEEP_DUE, {"now": now}):
+        result.ready[queue] += 1
+        result.due += 1
+    if settings.retention > 0:
+        result.deleted = conn.execute(
+            queries.SWEEP_RETENTION, {"cutoff": now - settings.retention, "limit": RETENTION_BATCH}
+        ).rowcount
+        conn.execute(queries.SWEEP_FORGOTTEN_WORKERS, {"cutoff": now - FORGET_WORKERS_AFTER})
+    next_due = conn.execute(queries.NEXT_DUE).fetchone()[0]
+    next_expiry = conn.execute(queries.NEXT_EXPIRY).fetchone()[0]
+    result.next_due = min(
+        math.inf if next_due is None else next_due,
+        math.inf if next_expiry is None else next_expiry,
+    )
+    return result
+
+
+class Sweeper:
+    """Runs :func:`sweep_once` every ``sweep_interval``, and early when something falls due."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.sweeps = 0
+
+    async def sweep(self) -> SweepResult:
+        now = time.time()
+        broker = self.broker
+        # Anything timed that is written from here on must wake us again.
+        broker.next_due = math.inf
+        result = await broker.store.write(lambda conn: sweep_once(conn, broker, now))
+        broker.next_due = min(broker.next_due, result.next_due)
+        broker._notify(result.ready)
+        self.sweeps += 1
+        if result.expired or result.dead or result.due or result.deleted:
+            log.info(
+                "sweep: %d leases expired, %d tasks dead, %d scheduled now due, %d deleted",
+                result.expired,
+                result.dead,
+                result.due,
+                result.deleted,
+            )
+        if result.deleted >= RETENTION_BATCH:
+            broker.next_due = now  # more to delete: come back at once
+        return result
+
+    async def run(self) -> None:
+        """Sweep until cancelled. Storage errors are logged and retried next interval."""
+        interval = self.broker.settings.sweep_interval
+        while True:
+            try:
+                await self.sweep()
+            except errors.ShuttingDown:
+                return
+            except errors.DurableTQError as exc:
+                log.error("sweep failed: %s", exc)
+            broker = self.broker
+            # Sleep until the next interval, or until the earliest task or lease falls due.
+            wake_at = min(time.time() + interval, broker.next_due)
+            while True:
+                delay = wake_at - time.time()
+                if delay <= 0:
+                    break
+                broker.due_changed = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await broker.due_changed.wait()
+                wake_at = min(wake_at, broker.next_due)
