@@ -60,7 +60,7 @@ class StoreStats:
     largest_batch: int = 0
 
 
-def configure(conn: sqlite3.Connection, settings: Settings, *, readonly: bool = False) -> None:
+def configure(conn: sqlite3.Connection, settings: Settings, readonly: bool = False) -> None:
     """Pragmas every connection of ours gets."""
     conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
     conn.execute("PRAGMA cache_size = -32768")  # 32 MiB
