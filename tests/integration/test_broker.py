@@ -1,0 +1,580 @@
+"""The broker's semantics on real SQLite files: every operation and every error it raises."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from durable_tq import errors
+from durable_tq import protocol as p
+from durable_tq.broker import Broker, Session, backoff_delay
+from durable_tq.config import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def enqueue(broker: Broker, queue: str = "q", payload: Any = None, **kw: Any) -> int:
+    reply = await broker.enqueue(p.Enqueue(queue=queue, payload=payload, **kw))
+    return int(reply["task_id"])
+
+
+async def claim(broker: Broker, *queues: str, session: Session | None = None, **kw: Any) -> list[dict[str, Any]]:
+    reply = await broker.claim(p.Claim(queues=list(queues or ("q",)), **kw), session or Session())
+    return list(reply["tasks"])
+
+
+async def state_of(broker: Broker, task_id: int) -> str:
+    return str((await broker.get(p.Get(task_id=task_id)))["task"]["state"])
+
+
+async def test_enqueue_get_roundtrip(broker: Broker) -> None:
+    payload = {"to": "a@example.com", "n": [1, 2.5, None, True], "text": "héllo\n"}
+    task_id = await enqueue(broker, payload=payload, priority=3, max_attempts=7, unique_key="k1")
+    task = (await broker.get(p.Get(task_id=task_id)))["task"]
+    assert task["payload"] == payload
+    assert task["state"] == "queued"
+    assert (task["priority"], task["max_attempts"], task["attempts"]) == (3, 7, 0)
+    assert task["unique_key"] == "k1"
+    assert task["created_at"] <= time.time()
+
+
+async def test_priority_then_fifo_across_three_queues(broker: Broker) -> None:
+    ids = {}
+    for name, queue, priority in [
+        ("a0", "a", 0), ("b0", "b", 0), ("c5", "c", 5), ("a5", "a", 5),
+        ("b9", "b", 9), ("c0", "c", 0), ("a0b", "a", 0), ("b5", "b", 5),
+    ]:
+        ids[name] = await enqueue(broker, queue, name, priority=priority)
+    got = [t["payload"] for t in await claim(broker, "a", "b", "c", max=3)]
+    assert got == ["b9", "c5", "a5"]
+    got += [t["payload"] for t in await claim(broker, "a", "b", "c", max=10)]
+    assert got == ["b9", "c5", "a5", "b5", "a0", "b0", "c0", "a0b"]
+
+
+async def test_claim_one_queue_priority_and_fifo(broker: Broker) -> None:
+    for i in range(5):
+        await enqueue(broker, payload=f"low{i}")
+    await enqueue(broker, payload="high", priority=10)
+    await enqueue(broker, payload="neg", priority=-1)
+    order = [t["payload"] for t in await claim(broker, max=10)]
+    assert order == ["high", "low0", "low1", "low2", "low3", "low4", "neg"]
+
+
+async def test_claim_fields_and_ack_with_result(broker: Broker) -> None:
+    task_id = await enqueue(broker, payload={"x": 1}, lease=12)
+    (task,) = await claim(broker)
+    assert task["task_id"] == task_id and task["attempt"] == 1 and task["queue"] == "q"
+    assert task["lease_expires_at"] == pytest.approx(time.time() + 12, abs=2)
+    await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"], result={"ok": 1}))
+    info = (await broker.get(p.Get(task_id=task_id)))["task"]
+    assert info["state"] == "succeeded" and info["result"] == {"ok": 1}
+    assert info["finished_at"] is not None
+    assert await claim(broker) == []
+
+
+async def test_empty_claim_returns_at_once(broker: Broker) -> None:
+    assert await claim(broker) == []
+
+
+async def test_expired_lease_is_swept_and_reclaimed_with_new_token(broker: Broker) -> None:
+    task_id = await enqueue(broker, payload="slow")
+    (first,) = await claim(broker, lease=0.2)
+    with anyio.fail_after(10):
+        while (second := await claim(broker, wait=1)) == []:
+            pass
+    assert second[0]["task_id"] == task_id
+    assert second[0]["lease_token"] != first["lease_token"]
+    assert second[0]["attempt"] == 2
+    for op in (
+        broker.ack(p.Ack(task_id=task_id, lease_token=first["lease_token"])),
+        broker.fail(p.Fail(task_id=task_id, lease_token=first["lease_token"], error="x")),
+        broker.release(p.Release(task_id=task_id, lease_token=first["lease_token"])),
+        broker.extend(p.Extend(task_id=task_id, lease_token=first["lease_token"], lease=5)),
+    ):
+        with pytest.raises(errors.LeaseLost):
+            await op
+    await broker.ack(p.Ack(task_id=task_id, lease_token=second[0]["lease_token"]))
+    assert await state_of(broker, task_id) == "succeeded"
+
+
+async def test_expired_lease_gets_lease_lost_before_the_sweep(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with Broker(make_settings(sweep_interval=3600)) as broker:  # no sweeper running
+        task_id = await enqueue(broker)
+        (task,) = await claim(broker, lease=0.05)
+        await anyio.sleep(0.1)
+        with pytest.raises(errors.LeaseLost):
+            await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"]))
+        assert await state_of(broker, task_id) == "leased"
+
+
+async def test_expired_lease_on_last_attempt_goes_dead(broker: Broker) -> None:
+    task_id = await enqueue(broker, max_attempts=1)
+    await claim(broker, lease=0.05)
+    with anyio.fail_after(10):
+        while await state_of(broker, task_id) != "dead":
+            await anyio.sleep(0.05)
+    task = (await broker.get(p.Get(task_id=task_id)))["task"]
+    assert task["last_error"] == "lease expired"
+
+
+async def test_fail_backs_off_growing_then_dead_at_max_attempts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(backoff_base=0.01, backoff_cap=10, backoff_jitter=0.5)
+    delays = []
+    async with Broker(settings) as broker:
+        task_id = await enqueue(broker, max_attempts=4)
+        for attempt in range(1, 5):
+            # Make the task ready now, whatever its backoff: claim needs it queued.
+            await broker.store.write(
+                lambda conn: conn.execute(
+                    "UPDATE tasks SET state='queued' WHERE id=? AND state='scheduled'", (task_id,)
+                )
+            )
+            (task,) = await claim(broker)
+            assert task["attempt"] == attempt
+            before = time.time()
+            reply = await broker.fail(
+                p.Fail(task_id=task_id, lease_token=task["lease_token"], error=f"boom {attempt}")
+            )
+            if attempt < 4:
+                assert reply["state"] == "scheduled"
+                delays.append(reply["run_at"] - before)
+            else:
+                assert reply == {"state": "dead", "run_at": None}
+        assert delays == sorted(delays) and delays[0] < delays[-1]
+        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        assert info["state"] == "dead" and info["last_error"] == "boom 4"
+        assert info["attempts"] == 4
+
+
+def test_backoff_grows_and_is_capped(settings: Settings) -> None:
+    delays = [backoff_delay(n, settings) for n in range(1, 8)]
+    assert all(a < b for a, b in zip(delays, delays[1:], strict=False))
+    assert backoff_delay(200, settings) <= settings.backoff_cap
+
+
+async def test_fail_without_retry_goes_dead_and_with_delay_zero_requeues(broker: Broker) -> None:
+    a = await enqueue(broker, payload="a")
+    b = await enqueue(broker, payload="b")
+    ta, tb = await claim(broker, max=2)
+    reply = await broker.fail(p.Fail(task_id=a, lease_token=ta["lease_token"], retry=False))
+    assert reply["state"] == "dead"
+    reply = await broker.fail(p.Fail(task_id=b, lease_token=tb["lease_token"], delay=0))
+    assert reply["state"] == "queued"
+    (again,) = await claim(broker)
+    assert again["task_id"] == b and again["attempt"] == 2
+
+
+async def test_release_does_not_count_the_attempt(broker: Broker) -> None:
+    task_id = await enqueue(broker)
+    (task,) = await claim(broker)
+    reply = await broker.release(p.Release(task_id=task_id, lease_token=task["lease_token"]))
+    assert reply["state"] == "queued"
+    (task,) = await claim(broker)
+    assert task["attempt"] == 1
+    reply = await broker.release(
+        p.Release(task_id=task_id, lease_token=task["lease_token"], delay=30)
+    )
+    assert reply["state"] == "scheduled" and reply["run_at"] > time.time() + 25
+    assert await claim(broker) == []
+
+
+async def test_extend_moves_the_lease(broker: Broker) -> None:
+    task_id = await enqueue(broker)
+    (task,) = await claim(broker, lease=1)
+    reply = await broker.extend(p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=60))
+    assert reply["lease_expires_at"] > time.time() + 50
+    with pytest.raises(errors.BadRequest):
+        await broker.extend(
+            p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9)
+        )
+
+
+async def test_unknown_task_is_not_found(broker: Broker) -> None:
+    for op in (
+        broker.get(p.Get(task_id=999)),
+        broker.cancel(p.Cancel(task_id=999)),
+        broker.ack(p.Ack(task_id=999, lease_token="x")),
+        broker.fail(p.Fail(task_id=999, lease_token="x")),
+        broker.release(p.Release(task_id=999, lease_token="x")),
+        broker.extend(p.Extend(task_id=999, lease_token="x", lease=1)),
+    ):
+        with pytest.raises(errors.NotFound):
+            await op
+
+
+async def test_unique_key_returns_the_live_task_then_frees_when_done(broker: Broker) -> None:
+    first = await broker.enqueue(p.Enqueue(queue="q", payload=1, unique_key="order-7"))
+    again = await broker.enqueue(p.Enqueue(queue="q", payload=2, unique_key="order-7"))
+    assert first["created"] is True
+    assert again == {"task_id": first["task_id"], "created": False}
+    other_queue = await broker.enqueue(p.Enqueue(queue="r", payload=3, unique_key="order-7"))
+    assert other_queue["created"] is True
+    (task,) = await claim(broker)
+    dup_while_leased = await broker.enqueue(p.Enqueue(queue="q", payload=4, unique_key="order-7"))
+    assert dup_while_leased["created"] is False
+    await broker.ack(p.Ack(task_id=task["task_id"], lease_token=task["lease_token"]))
+    after = await broker.enqueue(p.Enqueue(queue="q", payload=5, unique_key="order-7"))
+    assert after["created"] is True and after["task_id"] != first["task_id"]
+
+
+async def test_enqueue_many_is_all_or_nothing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with Broker(make_settings(max_queue_depth=3)) as broker:
+        reply = await broker.enqueue_many(
+            p.EnqueueMany(tasks=[p.Enqueue(queue="q", payload=i) for i in range(2)])
+        )
+        assert len(reply["task_ids"]) == 2 and reply["created"] == [True, True]
+        with pytest.raises(errors.Busy) as busy:
+            await broker.enqueue_many(
+                p.EnqueueMany(tasks=[p.Enqueue(queue="q", payload=i) for i in range(2)])
+            )
+        assert busy.value.retry_after > 0
+        stats = await broker.stats()
+        assert stats["queues"]["q"]["queued"] == 2  # the failed batch left nothing behind
+
+
+async def test_enqueue_many_dedupes_within_and_reports_created(broker: Broker) -> None:
+    reply = await broker.enqueue_many(
+        p.EnqueueMany(
+            tasks=[
+                p.Enqueue(queue="q", payload=1, unique_key="u"),
+                p.Enqueue(queue="q", payload=2, unique_key="u"),
+                p.Enqueue(queue="q", payload=3),
+            ]
+        )
+    )
+    assert reply["task_ids"][0] == reply["task_ids"][1]
+    assert reply["created"] == [True, False, True]
+
+
+async def test_max_queue_depth_gives_busy(make_settings: Callable[..., Settings]) -> None:
+    async with Broker(make_settings(max_queue_depth=2)) as broker:
+        await enqueue(broker)
+        await enqueue(broker, delay=60)
+        with pytest.raises(errors.Busy):
+            await enqueue(broker)
+        await enqueue(broker, "other")  # other queues are not affected
+        await claim(broker)  # a leased task no longer counts
+        await enqueue(broker)
+
+
+async def test_max_enqueue_many_is_enforced(make_settings: Callable[..., Settings]) -> None:
+    async with Broker(make_settings(max_enqueue_many=3)) as broker:
+        with pytest.raises(errors.BadRequest, match="max_enqueue_many"):
+            await broker.enqueue_many(
+                p.EnqueueMany(tasks=[p.Enqueue(queue="q") for _ in range(4)])
+            )
+
+
+async def test_delay_and_run_at_schedule_then_become_ready(broker: Broker) -> None:
+    delayed = await enqueue(broker, payload="d", delay=0.3)
+    at = await enqueue(broker, payload="at", run_at=time.time() + 0.3)
+    assert await state_of(broker, delayed) == "scheduled"
+    assert await claim(broker) == []
+    with anyio.fail_after(10):
+        got = await claim(broker, wait=5, max=2)
+        while len(got) < 2:
+            got += await claim(broker, wait=5)
+    assert {t["task_id"] for t in got} == {delayed, at}
+
+
+async def test_claim_with_wait_returns_as_soon_as_a_task_arrives(broker: Broker) -> None:
+    async def produce_later() -> None:
+        await anyio.sleep(0.2)
+        await enqueue(broker, payload="late")
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce_later)
+        tasks = await claim(broker, wait=30)
+    assert [t["payload"] for t in tasks] == ["late"]
+    assert time.monotonic() - started < 20  # far from the 30 s wait
+
+
+async def test_many_parked_claims_each_get_one_task(broker: Broker) -> None:
+    got: list[int] = []
+
+    async def consumer() -> None:
+        got.extend(t["task_id"] for t in await claim(broker, wait=20))
+
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(consumer)
+            await anyio.sleep(0.1)
+            ids = [await enqueue(broker, payload=i) for i in range(10)]
+    assert sorted(got) == ids
+
+
+async def test_claim_wait_ends_empty_at_the_deadline(broker: Broker) -> None:
+    with anyio.fail_after(10):
+        assert await claim(broker, wait=0.2) == []
+    assert broker.waiters.waiting() == 0
+
+
+async def test_pause_stops_claims_and_resume_wakes_them(broker: Broker) -> None:
+    await broker.pause(p.Pause(queue="q"))
+    task_id = await enqueue(broker)
+    assert await claim(broker) == []
+    stats = await broker.stats()
+    assert stats["queues"]["q"]["paused"] is True
+
+    async def resume_later() -> None:
+        await anyio.sleep(0.2)
+        await broker.resume(p.Resume(queue="q"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(resume_later)
+        with anyio.fail_after(10):
+            tasks = await claim(broker, wait=20)
+    assert [t["task_id"] for t in tasks] == [task_id]
+
+
+async def test_pause_on_unknown_queue_shows_in_stats(broker: Broker) -> None:
+    await broker.pause(p.Pause(queue="empty"))
+    stats = await broker.stats()
+    assert stats["queues"]["empty"]["paused"] is True
+    assert stats["queues"]["empty"]["queued"] == 0
+
+
+async def test_cancel_rules(broker: Broker) -> None:
+    queued = await enqueue(broker, payload="queued")
+    scheduled = await enqueue(broker, payload="later", delay=60)
+    leased = await enqueue(broker, "other")
+    (lease,) = await claim(broker, "other")
+    assert (await broker.cancel(p.Cancel(task_id=queued)))["state"] == "cancelled"
+    assert (await broker.cancel(p.Cancel(task_id=queued)))["state"] == "cancelled"
+    assert (await broker.cancel(p.Cancel(task_id=scheduled)))["state"] == "cancelled"
+    with pytest.raises(errors.Conflict):
+        await broker.cancel(p.Cancel(task_id=leased))
+    await broker.ack(p.Ack(task_id=leased, lease_token=lease["lease_token"]))
+    with pytest.raises(errors.Conflict):
+        await broker.cancel(p.Cancel(task_id=leased))
+    dead = await enqueue(broker, payload="dead", max_attempts=1)
+    (lease,) = await claim(broker)
+    await broker.fail(p.Fail(task_id=dead, lease_token=lease["lease_token"]))
+    assert (await broker.cancel(p.Cancel(task_id=dead)))["state"] == "cancelled"
+
+
+async def test_requeue_by_ids_and_by_queue(broker: Broker) -> None:
+    ids = [await enqueue(broker, payload=i, max_attempts=1) for i in range(3)]
+    live = await enqueue(broker, payload="live")
+    for lease in await claim(broker, max=3):
+        await broker.fail(p.Fail(task_id=lease["task_id"], lease_token=lease["lease_token"]))
+    assert [await state_of(broker, i) for i in ids] == ["dead"] * 3
+    reply = await broker.requeue(p.Requeue(task_ids=[ids[0], live, 12345]))
+    assert reply["count"] == 1  # only dead/cancelled tasks move
+    info = (await broker.get(p.Get(task_id=ids[0])))["task"]
+    assert info["state"] == "queued" and info["attempts"] == 0
+    reply = await broker.requeue(p.Requeue(queue="q", state=p.TaskState.DEAD))
+    assert reply["count"] == 2
+
+
+async def test_requeue_skips_a_dead_twin_of_a_live_unique_task(broker: Broker) -> None:
+    dead = await enqueue(broker, unique_key="u", max_attempts=1)
+    (lease,) = await claim(broker)
+    await broker.fail(p.Fail(task_id=dead, lease_token=lease["lease_token"]))
+    await enqueue(broker, unique_key="u")
+    assert (await broker.requeue(p.Requeue(task_ids=[dead])))["count"] == 0
+
+
+async def test_purge_never_touches_leased(broker: Broker) -> None:
+    for i in range(4):
+        await enqueue(broker, payload=i)
+    await enqueue(broker, payload="later", delay=60)
+    (lease,) = await claim(broker)
+    assert (await broker.purge(p.Purge(queue="q", state=p.TaskState.SCHEDULED)))["count"] == 1
+    assert (await broker.purge(p.Purge(queue="q")))["count"] == 3
+    assert await state_of(broker, lease["task_id"]) == "leased"
+    stats = (await broker.stats())["queues"]["q"]
+    assert (stats["queued"], stats["leased"], stats["scheduled"]) == (0, 1, 0)
+
+
+async def test_stats_counts_every_state(broker: Broker) -> None:
+    a = await enqueue(broker)
+    await enqueue(broker)
+    await enqueue(broker, delay=100)
+    (lease,) = await claim(broker)
+    await broker.ack(p.Ack(task_id=a, lease_token=lease["lease_token"]))
+    await enqueue(broker)
+    stats = await broker.stats()
+    q = stats["queues"]["q"]
+    assert (q["succeeded"], q["queued"], q["scheduled"], q["leased"]) == (1, 2, 1, 0)
+    assert q["oldest_queued_age"] is not None and q["oldest_queued_age"] >= 0
+    assert stats["workers"] == 0
+
+
+async def test_list_pages_with_after_id(broker: Broker) -> None:
+    ids = [await enqueue(broker, payload=i) for i in range(7)]
+    await enqueue(broker, "other")
+    seen: list[int] = []
+    after = None
+    while True:
+        page = await broker.list(p.List(queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after))
+        seen += [t["task_id"] for t in page["tasks"]]
+        after = page["next_after_id"]
+        if after is None:
+            break
+    assert seen == ids
+    all_tasks = await broker.list(p.List())
+    assert len(all_tasks["tasks"]) == 8 and all_tasks["next_after_id"] is None
+
+
+async def test_workers_register_heartbeat_and_state(broker: Broker) -> None:
+    session = Session()
+    spec = p.WorkerSpec(id="w1", queues=["q"], concurrency=2, meta={"host": "h"})
+    await broker.hello(p.Hello(version=1, worker=spec), session)
+    assert (await broker.heartbeat(p.Heartbeat(), session))["state"] == "running"
+    await broker.worker_state(p.WorkerState(worker_id="w1", state=p.WorkerCommand.QUIET))
+    assert (await broker.heartbeat(p.Heartbeat(), session))["state"] == "quiet"
+    (worker,) = (await broker.workers(p.Workers()))["workers"]
+    assert worker["id"] == "w1" and worker["state"] == "quiet" and worker["concurrency"] == 2
+    assert (await broker.stats())["workers"] == 1
+    with pytest.raises(errors.NotFound):
+        await broker.worker_state(p.WorkerState(worker_id="nope", state=p.WorkerCommand.QUIET))
+    with pytest.raises(errors.Conflict):
+        await broker.heartbeat(p.Heartbeat(), Session())
+
+
+async def test_quiet_worker_gets_no_tasks_and_concurrency_caps_leases(broker: Broker) -> None:
+    session = Session()
+    spec = p.WorkerSpec(id="w", concurrency=2)
+    await broker.hello(p.Hello(version=1, worker=spec), session)
+    for i in range(5):
+        await enqueue(broker, payload=i)
+    assert len(await claim(broker, session=session, max=10)) == 2
+    assert await claim(broker, session=session, max=10) == []
+    assert (await broker.workers(p.Workers()))["workers"][0]["leased"] == 2
+    await broker.worker_state(p.WorkerState(worker_id="w", state=p.WorkerCommand.QUIET))
+    other = Session()
+    await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w2", concurrency=9)), other)
+    await broker.worker_state(p.WorkerState(worker_id="w2", state=p.WorkerCommand.QUIET))
+    assert await claim(broker, session=other) == []
+
+
+async def test_silent_worker_leases_are_released(make_settings: Callable[..., Settings]) -> None:
+    from durable_tq.sweeper import Sweeper
+
+    settings = make_settings(worker_timeout=0.3, sweep_interval=0.1)
+    async with Broker(settings) as broker, anyio.create_task_group() as tg:
+        tg.start_soon(Sweeper(broker).run)
+        session = Session()
+        await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w")), session)
+        task_id = await enqueue(broker)
+        await claim(broker, session=session, lease=3600)
+        with anyio.fail_after(10):
+            again = await claim(broker, wait=5)
+        assert again[0]["task_id"] == task_id
+        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        assert info["attempts"] == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_hello_checks_version_token_and_repeat(make_settings: Callable[..., Settings]) -> None:
+    async with Broker(make_settings(auth_tokens=["s3cret", "other"])) as broker:
+        with pytest.raises(errors.UnsupportedVersion):
+            await broker.hello(p.Hello(version=2, token="s3cret"), Session())
+        with pytest.raises(errors.Unauthorized):
+            await broker.hello(p.Hello(version=1, token="wrong"), Session())
+        with pytest.raises(errors.Unauthorized):
+            await broker.hello(p.Hello(version=1), Session())
+        session = Session()
+        reply = await broker.hello(p.Hello(version=1, token="other"), session)
+        assert reply["version"] == 1 and reply["heartbeat_interval"] > 0
+        with pytest.raises(errors.Conflict):
+            await broker.hello(p.Hello(version=1, token="other"), session)
+
+
+async def test_lease_over_max_lease_is_bad_request(broker: Broker) -> None:
+    await enqueue(broker)
+    with pytest.raises(errors.BadRequest):
+        await claim(broker, lease=10**9)
+    with pytest.raises(errors.BadRequest):
+        await claim(broker, wait=10**6)
+
+
+async def test_state_survives_close_and_reopen(settings: Settings) -> None:
+    async with Broker(settings) as broker:
+        done = await enqueue(broker, payload="done")
+        leased = await enqueue(broker, payload="leased")
+        waiting = await enqueue(broker, payload="waiting", priority=-1)
+        later = await enqueue(broker, payload="later", delay=3600)
+        first, second = await claim(broker, max=2)
+        await broker.ack(p.Ack(task_id=done, lease_token=first["lease_token"]))
+        await broker.pause(p.Pause(queue="paused"))
+    async with Broker(settings) as broker:
+        states = [await state_of(broker, t) for t in (done, leased, waiting, later)]
+        assert states == ["succeeded", "leased", "queued", "scheduled"]
+        # The lease that was out keeps its token until it expires.
+        await broker.ack(p.Ack(task_id=leased, lease_token=second["lease_token"]))
+        assert broker.paused == {"paused"}
+        assert (await claim(broker))[0]["task_id"] == waiting
+
+
+async def test_second_broker_on_the_same_file_is_refused(settings: Settings) -> None:
+    async with Broker(settings):
+        with pytest.raises(errors.ConfigError, match="in use by another broker"):
+            async with Broker(settings):
+                pass
+
+
+async def test_group_commit_answers_200_enqueues_in_fewer_commits(broker: Broker) -> None:
+    before = broker.store.stats.commits
+    results: list[int] = []
+
+    async def one(i: int) -> None:
+        results.append(await enqueue(broker, payload=i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(one, i)
+    commits = broker.store.stats.commits - before
+    assert len(set(results)) == 200
+    assert commits < 200
+    assert broker.store.stats.largest_batch > 1
+
+
+async def test_one_bad_request_in_a_batch_does_not_spoil_the_others(broker: Broker) -> None:
+    good: list[int] = []
+    bad: list[Exception] = []
+
+    async def ack_bogus() -> None:
+        try:
+            await broker.ack(p.Ack(task_id=424242, lease_token="nope"))
+        except errors.NotFound as exc:
+            bad.append(exc)
+
+    async def add(i: int) -> None:
+        good.append(await enqueue(broker, payload=i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(add, i)
+            tg.start_soon(ack_bogus)
+    assert len(good) == 20 and len(bad) == 20
+    assert (await broker.stats())["queues"]["q"]["queued"] == 20
+
+
+async def test_retention_deletes_old_finished_tasks(make_settings: Callable[..., Settings]) -> None:
+    from durable_tq.sweeper import Sweeper
+
+    async with Broker(make_settings(retention=0.2)) as broker:
+        old = await enqueue(broker)
+        (lease,) = await claim(broker)
+        await broker.ack(p.Ack(task_id=old, lease_token=lease["lease_token"]))
+        keep = await enqueue(broker)
+        await anyio.sleep(0.3)
+        result = await Sweeper(broker).sweep()
+        assert result.deleted == 1
+        with pytest.raises(errors.NotFound):
+            await broker.get(p.Get(task_id=old))
+        assert await state_of(broker, keep) == "queued"

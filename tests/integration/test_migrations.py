@@ -1,0 +1,96 @@
+"""Migrations: applied once, in order, recorded; a newer database is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from durable_tq import errors, migrate
+
+EXPECTED_OBJECTS = {
+    ("table", "tasks"),
+    ("table", "queues"),
+    ("table", "queue_counts"),
+    ("table", "workers"),
+    ("index", "tasks_ready"),
+    ("index", "tasks_due"),
+    ("index", "tasks_lease_expiry"),
+    ("index", "tasks_worker_leases"),
+    ("index", "tasks_finished"),
+    ("index", "tasks_queue_state"),
+    ("index", "tasks_unique_live"),
+    ("trigger", "tasks_count_insert"),
+    ("trigger", "tasks_count_delete"),
+    ("trigger", "tasks_count_update"),
+}
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def schema(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return {(t, n) for t, n in rows}
+
+
+def test_migrations_from_zero_give_the_schema_we_expect(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "a.db")
+    applied = migrate.apply_migrations(conn)
+    assert [m.version for m in applied] == list(range(1, migrate.latest_version() + 1))
+    assert schema(conn) == EXPECTED_OBJECTS
+    assert migrate.current_version(conn) == migrate.latest_version()
+
+
+def test_migrations_run_once(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "a.db")
+    migrate.apply_migrations(conn)
+    before = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    assert migrate.apply_migrations(conn) == []
+    assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "a.db")
+    migrate.apply_migrations(conn)
+    conn.execute(f"PRAGMA user_version = {migrate.latest_version() + 1}")
+    with pytest.raises(errors.ConfigError, match="newer than this durable_tq"):
+        migrate.apply_migrations(conn)
+
+
+def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_good.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+    (folder / "0002_bad.sql").write_text("CREATE TABLE b (x INTEGER);\nINSERT INTO nope VALUES (1);\n")
+    conn = connect(tmp_path / "a.db")
+    with pytest.raises(errors.StorageError, match="0002_bad"):
+        migrate.apply_migrations(conn, folder)
+    assert migrate.current_version(conn) == 1
+    assert ("table", "b") not in schema(conn)
+
+
+def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(errors.ConfigError, match="without gaps"):
+        migrate.load_migrations(tmp_path)
+
+
+def test_triggers_keep_queue_counts_exact(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "a.db")
+    migrate.apply_migrations(conn)
+    insert = (
+        "INSERT INTO tasks (queue, state, payload, max_attempts, lease_seconds, run_at,"
+        " created_at, updated_at) VALUES (?, ?, 'null', 1, 30, 0, 0, 0)"
+    )
+    for queue, state in [("a", "queued"), ("a", "queued"), ("b", "scheduled")]:
+        conn.execute(insert, (queue, state))
+    conn.execute("UPDATE tasks SET state = 'leased' WHERE id = 1")
+    conn.execute("DELETE FROM tasks WHERE id = 3")
+    counts = {(q, s): n for q, s, n in conn.execute("SELECT * FROM queue_counts WHERE n > 0")}
+    assert counts == {("a", "queued"): 1, ("a", "leased"): 1}
