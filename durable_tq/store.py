@@ -8,6 +8,7 @@ commits once, and only then answers every caller. One fsync serves the whole bat
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -44,13 +45,24 @@ def storage_error(exc: sqlite3.Error, doing: str) -> errors.StorageError:
 
 
 class _PendingWrite(Generic[T]):
+    """One caller's write: its function, and the future its caller awaits.
+
+    A bare asyncio future, not an anyio Event: this is the hottest object in the broker and a
+    future costs a fraction of an Event plus a Semaphore (measured: docs/benchmarks.md).
+    aiosqlite already ties the broker to asyncio.
+    """
+
     __slots__ = ("done", "error", "fn", "result")
 
-    def __init__(self, fn: WriteFn[T]) -> None:
+    def __init__(self, fn: WriteFn[T], done: asyncio.Future[None]) -> None:
         self.fn = fn
-        self.done = anyio.Event()
+        self.done = done
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    def answer(self) -> None:
+        if not self.done.done():  # the caller may have been cancelled meanwhile
+            self.done.set_result(None)
 
 
 @dataclass
@@ -115,7 +127,8 @@ class Store:
         self._next_reader = 0
         self._pending: list[_PendingWrite[Any]] = []
         self._wakeup = anyio.Event()
-        self._room = anyio.Semaphore(settings.max_pending_writes)
+        self._room = anyio.Event()  # set while fewer than max_pending_writes wait
+        self._room.set()
         self._lock = DatabaseLock(self.path)
         self._closing = False
         self._writer_done = anyio.Event()
@@ -192,11 +205,15 @@ class Store:
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
-        async with self._room:
-            pending = _PendingWrite(fn)
-            self._pending.append(pending)
-            self._wakeup.set()
-            await pending.done.wait()
+        while len(self._pending) >= self.settings.max_pending_writes:
+            # Full: the caller waits here, so its connection stops reading (backpressure).
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
+        self._wakeup.set()
+        await pending.done
         if pending.error is not None:
             raise pending.error
         return pending.result  # type: ignore[return-value]
@@ -214,6 +231,7 @@ class Store:
                     continue
                 batch = self._pending[: self.settings.max_batch]
                 del self._pending[: len(batch)]
+                self._room.set()
                 try:
                     await on_db_thread(writer, self._run_batch, batch)
                 except Exception as exc:  # the database thread itself failed
@@ -223,11 +241,11 @@ class Store:
                             pending.error = errors.Internal("write batch failed")
                         pending.error.__cause__ = exc
                 for pending in batch:
-                    pending.done.set()
+                    pending.answer()
         finally:
             for pending in self._pending:
                 pending.error = errors.ShuttingDown("the broker is stopping")
-                pending.done.set()
+                pending.answer()
             self._pending.clear()
             self._writer_done.set()
 
