@@ -181,8 +181,6 @@ GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"
 
 QUEUE_COUNTS = "SELECT queue, state, n FROM queue_counts WHERE n > 0"
 QUEUES = "SELECT name, paused FROM queues"
-PAUSED_QUEUES = "SELECT name FROM queues WHERE paused"
-ALL_QUEUES = "SELECT name FROM queues"
 
 OLDEST_QUEUED = """
 SELECT run_at FROM tasks WHERE queue = ? AND state = 'queued' ORDER BY id LIMIT 1

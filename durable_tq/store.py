@@ -131,6 +131,9 @@ class Store:
         self._room.set()
         self._lock = DatabaseLock(self.path)
         self._closing = False
+        #: Scratch space for write functions, emptied at the start of every batch: a value
+        #: read once per transaction (a queue's depth) is kept here instead of read per request.
+        self.batch_memo: dict[Any, Any] = {}
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -251,6 +254,7 @@ class Store:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
         """On the database thread: one transaction, a savepoint per request, one commit."""
+        self.batch_memo.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
