@@ -90,6 +90,8 @@ class Broker:
         self.store = Store(settings)
         self.waiters = Waiters()
         self.paused: set[str] = set()
+        #: Queues that have a row in ``queues``: new ones get one on their first enqueue.
+        self.known_queues: set[str] = set()
         self.connections = 0
         self.started_at = time.time()
         #: Earliest moment something timed (a scheduled task, a lease) falls due; the sweeper
@@ -129,11 +131,9 @@ class Broker:
 
     async def open(self) -> None:
         await self.store.open()
-        self.paused = set(
-            await self.store.read(
-                lambda conn: [r[0] for r in conn.execute(queries.PAUSED_QUEUES)]
-            )
-        )
+        queues = await self.store.read(lambda conn: conn.execute(queries.QUEUES).fetchall())
+        self.known_queues = {name for name, _ in queues}
+        self.paused = {name for name, paused in queues if paused}
 
     async def close(self) -> None:
         await self.store.close()
@@ -244,13 +244,20 @@ class Broker:
                 return row[0], False
         limit = self.settings.max_queue_depth
         if limit:
-            depth = conn.execute(queries.QUEUE_DEPTH, (task.queue,)).fetchone()[0]
+            # Read once per batch, then counted up here: an error later in the batch can only
+            # make the count too high, which errs on the safe side.
+            memo = self.store.batch_memo
+            key = ("depth", task.queue)
+            depth = memo.get(key)
+            if depth is None:
+                depth = conn.execute(queries.QUEUE_DEPTH, (task.queue,)).fetchone()[0]
             if depth >= limit:
                 raise errors.Busy(
                     f"queue {task.queue!r} holds {depth} waiting tasks (max_queue_depth "
                     f"{limit})",
                     retry_after=1.0,
                 )
+            memo[key] = depth + 1
         cursor = conn.execute(
             queries.INSERT_TASK,
             (
@@ -266,7 +273,9 @@ class Broker:
                 task.unique_key,
             ),
         )
-        conn.execute(queries.INSERT_QUEUE, (task.queue,))
+        if task.queue not in self.known_queues:
+            conn.execute(queries.INSERT_QUEUE, (task.queue,))
+            self.known_queues.add(task.queue)
         assert cursor.lastrowid is not None
         return cursor.lastrowid, True
 
@@ -330,7 +339,11 @@ class Broker:
             while True:
                 if waiter is not None:
                     waiter.rearm()
-                tasks = await self._claim_once(queues, limit, lease, session.worker_id)
+                # Shielded: a claim cancelled while its write is in a batch would still lease
+                # the tasks, and nobody would know. Cancellation lands after it, with the tasks
+                # in hand, so the caller can deliver or hand them back.
+                with anyio.CancelScope(shield=True):
+                    tasks = await self._claim_once(queues, limit, lease, session.worker_id)
                 remaining = deadline - time.monotonic()
                 if tasks or waiter is None or remaining <= 0:
                     return {"tasks": tasks}
