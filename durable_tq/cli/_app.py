@@ -17,3 +17,10 @@ EXIT_OK = 0
 EXIT_OPERATION_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+
+
+@app.callback()
+def _root() -> None:
+    # A callback keeps typer in group mode, so `durable-tq serve` works even while serve is
+    # the only command registered.
+    pass

@@ -1,0 +1,65 @@
+"""``durable-tq serve``: run the broker in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from durable_tq import config, errors, server
+from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_USAGE, app
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port; 0 picks a free one [default: 7480].")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="SQLite database file [default: ./durable_tq.db].")
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML settings file [default: ./durable_tq.toml if present]."
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR [default: INFO].")
+    ] = None,
+) -> None:
+    """Run the broker. Settings: flags, then DURABLE_TQ_* variables, then the file, then defaults.
+
+    Prints one line once it listens, e.g. ``durable_tq listening on tcp://127.0.0.1:7480
+    (database /srv/durable_tq.db)``. SIGINT or SIGTERM stops it gracefully; a second one exits
+    at once.
+    """
+    try:
+        settings = config.load_settings(
+            config_file, host=host, port=port, db_path=db, log_level=log_level
+        )
+    except errors.ConfigError as exc:
+        typer.echo(f"durable-tq serve: {exc.message}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    database = Path(settings.db_path).resolve()
+
+    def announce(started: server.BrokerServer) -> None:
+        print(f"durable_tq listening on {started.url} (database {database})", flush=True)
+
+    try:
+        server.run(settings, on_listening=announce)
+    except errors.ConfigError as exc:
+        typer.echo(f"durable-tq serve: {exc.message}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (errors.DurableTQError, OSError) as exc:
+        typer.echo(f"durable-tq serve: cannot run the broker: {exc}", err=True)
+        raise typer.Exit(EXIT_OPERATION_ERROR) from None

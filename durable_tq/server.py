@@ -1,0 +1,612 @@
+"""The broker's network front: accept, TLS, hello/auth, framing, limits, dispatch, shutdown.
+
+One task per connection reads newline-delimited JSON frames; after ``hello`` every request
+runs as its own task (so a parked ``claim`` does not hold up the requests behind it) and
+every reply goes out through one lock, a whole line at a time. Backpressure is plain: a
+connection with ``max_inflight`` unanswered requests is not read from until one is answered,
+and a reply that cannot be written (a peer that does not read) keeps its slot, so a slow
+reader ends up blocking only itself and TCP pushes back on it.
+
+Shutdown (:meth:`BrokerServer.request_shutdown`) stops accepting, ends parked claims with
+``shutting_down``, lets the requests already read finish and answer, answers anything read
+afterwards with ``shutting_down``, closes every connection, and only then closes the store,
+so every ``ok`` that went out is committed and nothing committed is cut in half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+from durable_tq import errors, protocol
+from durable_tq.broker import Broker, Session
+from durable_tq.config import Settings
+from durable_tq.sweeper import Sweeper
+
+log = logging.getLogger("durable_tq.server")
+
+#: Bytes asked of the socket per receive.
+READ_CHUNK = 65536
+#: Once a connection stops reading (bye, EOF, a closing error, shutdown), how long its
+#: requests already read may take to finish and be answered before they are cut off.
+DRAIN_TIMEOUT = 10.0
+#: How long a notice sent just before closing (``too_many_connections``, ``shutting_down``)
+#: may wait on a peer that does not read.
+NOTICE_TIMEOUT = 2.0
+
+
+class PeerGone(Exception):
+    """The connection broke or was closed under us (anyio stream errors, translated)."""
+
+
+_STREAM_ERRORS = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    ssl.SSLError,
+    OSError,
+)
+
+
+class FrameReader:
+    """Splits a byte stream into lines of at most ``max_bytes`` bytes (the ``\\n`` not counted).
+
+    Memory stays bounded: at most ``max_bytes`` plus one chunk is ever buffered.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_bytes: int) -> None:
+        self._stream = stream
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no newline
+
+    async def receive_line(self) -> bytes:
+        """The next line without its newline.
+
+        Raises :class:`errors.FrameTooLarge` for an over-long line, :class:`anyio.EndOfStream`
+        at the end of the stream (an unfinished last line is dropped) and :class:`PeerGone`
+        when the connection broke.
+        """
+        while True:
+            index = self._buffer.find(b"\n", self._scanned)
+            if index >= 0:
+                if index > self._max_bytes:
+                    raise self._too_large()
+                line = bytes(self._buffer[:index])
+                del self._buffer[: index + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buffer)
+            if self._scanned > self._max_bytes:
+                raise self._too_large()
+            try:
+                chunk = await self._stream.receive(READ_CHUNK)
+            except anyio.EndOfStream:
+                raise
+            except _STREAM_ERRORS as exc:
+                raise PeerGone(f"{type(exc).__name__}: {exc}") from exc
+            self._buffer.extend(chunk)
+
+    def _too_large(self) -> errors.FrameTooLarge:
+        self._buffer.clear()
+        return errors.FrameTooLarge(f"frame is longer than max_frame_bytes ({self._max_bytes})")
+
+
+class _Connection:
+    """One client connection: its session, its reader, its in-flight requests, its writer."""
+
+    def __init__(
+        self, server: BrokerServer, stream: anyio.abc.ByteStream, number: int, peer: str
+    ) -> None:
+        self.server = server
+        self.broker = server.broker
+        self.settings = server.settings
+        self.stream = stream
+        self.number = number
+        self.peer = peer
+        self.session = Session()
+        self._send_lock = anyio.Lock()
+        self._slots = anyio.Semaphore(self.settings.max_inflight)
+        self._inflight = 0
+        self._claims: set[anyio.CancelScope] = set()
+        self._claims_ended = False
+        self._reader_scope = anyio.CancelScope()
+        self._scope = anyio.CancelScope()
+        self._stopping = False  # the server is shutting down
+        self._told_shutting_down = False
+        self._broken = False
+        self._bye_id: protocol.RequestId = None
+        self._said_bye = False
+
+    def __repr__(self) -> str:
+        return f"connection #{self.number} ({self.peer})"
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; the stream is closed by the caller."""
+        with self._scope:
+            async with anyio.create_task_group() as requests:
+                with self._reader_scope:
+                    if self._stopping:
+                        return
+                    if await self._greet():
+                        await self._read_requests(requests)
+                # Reading is over. Parked claims end now; what was read finishes and answers.
+                self._end_claims()
+                requests.cancel_scope.deadline = anyio.current_time() + self.server.drain_timeout
+            if self._said_bye:
+                await self._send_quietly(protocol.ok_reply(self._bye_id, {}))
+            elif self._stopping and not self._told_shutting_down:
+                await self._send_quietly(
+                    protocol.error_reply(None, errors.ShuttingDown("the broker is stopping"))
+                )
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: end parked claims, stop reading once in-flight work is done."""
+        self._stopping = True
+        self._end_claims()
+        if self._inflight == 0:
+            self._reader_scope.cancel()
+
+    def _end_claims(self) -> None:
+        self._claims_ended = True
+        for scope in self._claims:
+            scope.cancel()
+
+    def _request_done(self) -> None:
+        self._inflight -= 1
+        self._slots.release()
+        if self._stopping and self._inflight == 0:
+            self._reader_scope.cancel()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _greet(self) -> bool:
+        """Read until a successful ``hello`` (True), within ``hello_timeout``."""
+        reader = self._reader = FrameReader(self.stream, self.settings.max_frame_bytes)
+        deadline = anyio.current_time() + self.settings.hello_timeout
+        while not self.session.greeted:
+            with anyio.CancelScope(deadline=deadline) as timeout:
+                line = await self._receive(reader)
+            if timeout.cancelled_caught:
+                log.debug("%r: no hello within %s s; closing", self, self.settings.hello_timeout)
+                return False
+            if line is None:
+                return False
+            request_id, request = await self._decode(line)
+            if request is None:
+                continue
+            if self._stopping:
+                await self._refuse_shutting_down(request_id)
+                return False
+            if request.op != "hello":
+                await self.send(
+                    protocol.error_reply(
+                        request_id, errors.HelloRequired("the first request must be hello")
+                    )
+                )
+                continue
+            reply, _, closes = await self._execute(request_id, request)
+            await self.send(reply)
+            if closes:
+                return False
+        log.debug(
+            "%r: hello from %s%s",
+            self,
+            self.session.client or "an unnamed client",
+            f" (worker {self.session.worker_id})" if self.session.worker_id else "",
+        )
+        return True
+
+    async def _read_requests(self, requests: anyio.abc.TaskGroup) -> None:
+        reader = self._reader
+        idle_timeout = self.settings.idle_timeout
+        while True:
+            # Backpressure: no reading while max_inflight requests are unanswered.
+            await self._slots.acquire()
+            dispatched = False
+            try:
+                line = await self._receive_or_idle(reader, idle_timeout)
+                if line is None:
+                    return
+                request_id, request = await self._decode(line)
+                if request is None:
+                    continue
+                if self._stopping:
+                    await self._refuse_shutting_down(request_id)
+                    return
+                if request.op == "bye":
+                    # Answered last, once everything read before it has been answered.
+                    await self.broker.handle(request, self.session)
+                    self._bye_id, self._said_bye = request_id, True
+                    return
+                self._inflight += 1
+                requests.start_soon(self._run_request, request_id, request)
+                dispatched = True
+            finally:
+                if not dispatched:
+                    self._slots.release()
+
+    async def _receive_or_idle(
+        self, reader: FrameReader, idle_timeout: float | None
+    ) -> bytes | None:
+        """The next line; None at the end of the stream, or after ``idle_timeout`` of silence
+        with nothing in flight."""
+        while True:
+            with anyio.move_on_after(idle_timeout if idle_timeout is not None else float("inf")):
+                return await self._receive(reader)
+            if self._inflight == 0:
+                log.debug("%r: idle for %s s; closing", self, idle_timeout)
+                return None
+
+    async def _receive(self, reader: FrameReader) -> bytes | None:
+        """A line; None when the stream ended. An over-long line is answered and ends reading."""
+        try:
+            return await reader.receive_line()
+        except anyio.EndOfStream:
+            return None
+        except PeerGone as exc:
+            log.debug("%r: connection lost while reading: %s", self, exc)
+            self._broken = True
+            self._scope.cancel()
+            return None
+        except errors.FrameTooLarge as exc:
+            log.warning("%r: %s; closing", self, exc.message)
+            await self.send(protocol.error_reply(None, exc))
+            return None
+
+    async def _decode(
+        self, line: bytes
+    ) -> tuple[protocol.RequestId, protocol.Request | None]:
+        """Parse a line; a malformed one is answered here and yields no request."""
+        request_id: protocol.RequestId = None
+        try:
+            request_id, obj = protocol.decode_frame(line)
+            return request_id, protocol.parse_request(obj)
+        except errors.DurableTQError as exc:
+            await self.send(protocol.error_reply(request_id, exc))
+            return request_id, None
+
+    async def _refuse_shutting_down(self, request_id: protocol.RequestId) -> None:
+        self._told_shutting_down = True
+        await self._send_quietly(
+            protocol.error_reply(request_id, errors.ShuttingDown("the broker is stopping"))
+        )
+
+    # --- running requests ---------------------------------------------------------------------
+
+    async def _run_request(self, request_id: protocol.RequestId, request: protocol.Request) -> None:
+        try:
+            reply, leased, closes = await self._execute(request_id, request)
+            if closes:
+                self._reader_scope.cancel()
+            try:
+                await self.send(reply)
+            except BaseException:
+                if leased:
+                    # The claim's reply did not go out: nobody knows these tasks are leased.
+                    with anyio.CancelScope(shield=True):
+                        await self._hand_back(leased)
+                raise
+        except PeerGone:
+            pass
+        finally:
+            self._request_done()
+
+    async def _execute(
+        self, request_id: protocol.RequestId, request: protocol.Request
+    ) -> tuple[bytes, list[dict[str, Any]], bool]:
+        """Run a request: (reply line, tasks it leased, whether the connection must close)."""
+        try:
+            if request.op == "claim":
+                return await self._claim(request_id, request)
+            result = await self.broker.handle(request, self.session)
+            return protocol.ok_reply(request_id, result), [], False
+        except errors.DurableTQError as exc:
+            if exc.closes_connection:
+                log.warning("%r: %s (%s); closing", self, exc.code, exc.message)
+            elif isinstance(exc, errors.Internal):
+                log.warning("%r: %s failed: %s", self, request.op, exc.message)
+            return protocol.error_reply(request_id, exc), [], exc.closes_connection
+        except Exception:
+            log.exception("%r: internal error in %s", self, request.op)
+            internal = errors.Internal(f"internal error in {request.op}; see the broker's log")
+            return protocol.error_reply(request_id, internal), [], False
+
+    async def _claim(
+        self, request_id: protocol.RequestId, request: protocol.Request
+    ) -> tuple[bytes, list[dict[str, Any]], bool]:
+        """A claim can be ended early (connection closing, shutdown) while it waits for work.
+
+        The broker shields the store write of a claim, so a cancelled claim either returns the
+        tasks it leased (and they go out, or are handed back) or leased nothing.
+        """
+        with anyio.CancelScope() as scope:
+            self._claims.add(scope)
+            try:
+                if self._claims_ended:
+                    scope.cancel()
+                result = await self.broker.handle(request, self.session)
+            finally:
+                self._claims.discard(scope)
+        if scope.cancelled_caught:
+            if self._stopping:
+                self._told_shutting_down = True
+                reply = protocol.error_reply(
+                    request_id, errors.ShuttingDown("the broker is stopping")
+                )
+                return reply, [], True
+            return protocol.ok_reply(request_id, {"tasks": []}), [], False
+        tasks: list[dict[str, Any]] = result["tasks"]
+        return protocol.ok_reply(request_id, result), tasks, False
+
+    async def _hand_back(self, tasks: list[dict[str, Any]]) -> None:
+        for task in tasks:
+            release = protocol.Release(task_id=task["task_id"], lease_token=task["lease_token"])
+            try:
+                await self.broker.release(release, self.session)
+            except errors.DurableTQError as exc:
+                log.warning(
+                    "task %d (queue %s): its claim's reply was not delivered and it could not "
+                    "be handed back (%s); it returns when its lease expires",
+                    task["task_id"],
+                    task["queue"],
+                    exc.message,
+                )
+            else:
+                log.info(
+                    "task %d (queue %s): handed back, its claim's reply was not delivered",
+                    task["task_id"],
+                    task["queue"],
+                )
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def send(self, line: bytes) -> None:
+        """Write one whole reply line. Raises PeerGone (and ends the connection) if it broke."""
+        if self._broken:
+            raise PeerGone("connection already broken")
+        async with self._send_lock:
+            try:
+                await self.stream.send(line)
+            except _STREAM_ERRORS as exc:
+                self._broken = True
+                self._scope.cancel()
+                raise PeerGone(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _send_quietly(self, line: bytes) -> None:
+        """Best effort, bounded: a last word before closing."""
+        with anyio.move_on_after(NOTICE_TIMEOUT):
+            with contextlib.suppress(PeerGone):
+                await self.send(line)
+
+
+class BrokerServer:
+    """A :class:`Broker` listening on TCP (or TLS), with its sweeper.
+
+    ``await server.serve()`` runs until :meth:`request_shutdown`; use ``await tg.start(
+    server.serve)`` to get the server back once it listens (``server.port``, ``server.url``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = Broker(settings)
+        self.port: int = settings.port
+        self.drain_timeout = DRAIN_TIMEOUT
+        self._ssl_context: ssl.SSLContext | None = None
+        self._connections: set[_Connection] = set()
+        self._accepted = 0
+        self._shutdown = anyio.Event()
+        self._stopped = anyio.Event()
+        self._stopping = False
+        self._accept_scope: anyio.CancelScope | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "tls" if self.settings.tls_enabled else "tcp"
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown; :meth:`serve` returns once it is complete."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("shutting down: no new connections; finishing in-flight requests")
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for conn in list(self._connections):
+            conn.begin_shutdown()
+        self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`serve` has shut down and closed the database."""
+        await self._stopped.wait()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the broker, listen, serve until shut down, then close everything in order."""
+        self._ssl_context = self._make_ssl_context()
+        await self.broker.open()
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=self.settings.host, local_port=self.settings.port
+            )
+            self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+            async with anyio.create_task_group() as background:
+                background.start_soon(Sweeper(self.broker).run, name="durable_tq sweeper")
+                async with anyio.create_task_group() as connections:
+                    self._accept_scope = anyio.CancelScope()
+                    connections.start_soon(self._accept, listener, connections)
+                    log.info("listening on %s (database %s)", self.url, self.settings.db_path)
+                    task_status.started(self)
+                    await self._shutdown.wait()
+                    # _accept has stopped; this group now waits for every connection to close.
+                background.cancel_scope.cancel()
+        finally:
+            # Not shielded in a scope of our own: the store's writer group was entered in
+            # open(), so close() must run in the scope open() left us in.
+            await self.broker.close()
+            self._stopped.set()
+            log.info("stopped; database closed")
+
+    async def _accept(
+        self, listener: anyio.abc.Listener[Any], connections: anyio.abc.TaskGroup
+    ) -> None:
+        assert self._accept_scope is not None
+        try:
+            with self._accept_scope:
+                if not self._stopping:
+                    await listener.serve(self._serve_connection, task_group=connections)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    def _make_ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError(
+                f"cannot load TLS certificate {settings.tls_cert} / key {settings.tls_key}: {exc}"
+            ) from exc
+        return context
+
+    async def _serve_connection(self, raw: anyio.abc.SocketStream) -> None:
+        self._accepted += 1
+        number = self._accepted
+        peer = _peer_name(raw)
+        stream: anyio.abc.ByteStream = raw
+        try:
+            if self._ssl_context is not None:
+                wrapped = await self._handshake(raw, number, peer)
+                if wrapped is None:
+                    return
+                stream = wrapped
+            if len(self._connections) >= self.settings.max_connections:
+                await self._refuse(stream, number, peer)
+                return
+            await self._run_connection(_Connection(self, stream, number, peer))
+        except Exception:  # a bug here must not take the whole server down
+            log.exception("connection #%d (%s): crashed", number, peer)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+
+    async def _run_connection(self, conn: _Connection) -> None:
+        self._connections.add(conn)
+        self.broker.connections += 1
+        log.debug("%r: open", conn)
+        try:
+            if self._stopping:
+                conn.begin_shutdown()
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+            self.broker.connections -= 1
+            with anyio.CancelScope(shield=True):
+                await self.broker.session_closed(conn.session)
+            log.debug("%r: closed", conn)
+
+    async def _handshake(
+        self, raw: anyio.abc.SocketStream, number: int, peer: str
+    ) -> TLSStream | None:
+        """The TLS handshake, bounded by ``hello_timeout``; None when it failed."""
+        assert self._ssl_context is not None
+        with anyio.move_on_after(self.settings.hello_timeout):
+            try:
+                return await TLSStream.wrap(
+                    raw,
+                    server_side=True,
+                    ssl_context=self._ssl_context,
+                    standard_compatible=False,
+                )
+            except _STREAM_ERRORS as exc:
+                log.debug("connection #%d (%s): TLS handshake failed: %s", number, peer, exc)
+                return None
+        log.debug("connection #%d (%s): no TLS handshake within hello_timeout", number, peer)
+        return None
+
+    async def _refuse(self, stream: anyio.abc.ByteStream, number: int, peer: str) -> None:
+        limit = self.settings.max_connections
+        log.warning("connection #%d (%s): refused, %d connections open", number, peer, limit)
+        refusal = errors.TooManyConnections(f"the broker has {limit} connections open (max)")
+        with anyio.move_on_after(NOTICE_TIMEOUT):
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await stream.send(protocol.error_reply(None, refusal))
+
+
+def _peer_name(stream: anyio.abc.SocketStream) -> str:
+    try:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
+        return "unknown peer"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+# --- running as a process -----------------------------------------------------------------------
+
+
+def run(
+    settings: Settings, *, on_listening: Callable[[BrokerServer], None] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM (graceful; a second signal exits at once). Blocking.
+
+    ``on_listening`` is called once the server listens (the CLI prints the address there).
+    Errors before listening (a locked database, a port in use) are raised as they are.
+    """
+    anyio.run(_run, settings, on_listening, backend="asyncio")
+
+
+async def _run(settings: Settings, on_listening: Callable[[BrokerServer], None] | None) -> None:
+    server = BrokerServer(settings)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def serve(*, task_status: anyio.abc.TaskStatus[BrokerServer]) -> None:
+                await server.serve(task_status=task_status)
+                tg.cancel_scope.cancel()  # stop watching signals
+
+            tg.start_soon(_watch_signals, signals, server)
+            try:
+                await tg.start(serve)
+            except BaseException:
+                tg.cancel_scope.cancel()
+                raise
+            if on_listening is not None:
+                on_listening(server)
+
+
+async def _watch_signals(signals: Any, server: BrokerServer) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not server.stopping:
+            log.info("%s: stopping gracefully (send it again to exit at once)", name)
+            server.request_shutdown()
+            continue
+        log.warning("%s again: exiting at once", name)
+        logging.shutdown()
+        os._exit(128 + signum)
