@@ -624,7 +624,13 @@ class Broker:
             return queues, workers
 
         queues, workers = await self.store.read(read)
-        return {"queues": queues, "workers": workers, "connections": self.connections}
+        return {
+            "queues": queues,
+            "workers": workers,
+            "connections": self.connections,
+            # Optional (PROTOCOL.md allows additions): group-commit counters, for benchmarks.
+            "store": {"commits": self.store.stats.commits, "writes": self.store.stats.writes},
+        }
 
     # --- operating ----------------------------------------------------------------------------
 
