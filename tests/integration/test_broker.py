@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,9 @@ async def enqueue(broker: Broker, queue: str = "q", payload: Any = None, **kw: A
     return int(reply["task_id"])
 
 
-async def claim(broker: Broker, *queues: str, session: Session | None = None, **kw: Any) -> list[dict[str, Any]]:
+async def claim(
+    broker: Broker, *queues: str, session: Session | None = None, **kw: Any
+) -> list[dict[str, Any]]:
     reply = await broker.claim(p.Claim(queues=list(queues or ("q",)), **kw), session or Session())
     return list(reply["tasks"])
 
@@ -45,8 +48,14 @@ async def test_enqueue_get_roundtrip(broker: Broker) -> None:
 async def test_priority_then_fifo_across_three_queues(broker: Broker) -> None:
     ids = {}
     for name, queue, priority in [
-        ("a0", "a", 0), ("b0", "b", 0), ("c5", "c", 5), ("a5", "a", 5),
-        ("b9", "b", 9), ("c0", "c", 0), ("a0b", "a", 0), ("b5", "b", 5),
+        ("a0", "a", 0),
+        ("b0", "b", 0),
+        ("c5", "c", 5),
+        ("a5", "a", 5),
+        ("b9", "b", 9),
+        ("c0", "c", 0),
+        ("a0b", "a", 0),
+        ("b5", "b", 5),
     ]:
         ids[name] = await enqueue(broker, queue, name, priority=priority)
     got = [t["payload"] for t in await claim(broker, "a", "b", "c", max=3)]
@@ -117,7 +126,7 @@ async def test_expired_lease_on_last_attempt_goes_dead(broker: Broker) -> None:
     task_id = await enqueue(broker, max_attempts=1)
     await claim(broker, lease=0.05)
     with anyio.fail_after(10):
-        while await state_of(broker, task_id) != "dead":
+        while await state_of(broker, task_id) != "dead":  # noqa: ASYNC110 - polling the DB
             await anyio.sleep(0.05)
     task = (await broker.get(p.Get(task_id=task_id)))["task"]
     assert task["last_error"] == "lease expired"
@@ -156,7 +165,7 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
 
 def test_backoff_grows_and_is_capped(settings: Settings) -> None:
     delays = [backoff_delay(n, settings) for n in range(1, 8)]
-    assert all(a < b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(delays))
     assert backoff_delay(200, settings) <= settings.backoff_cap
 
 
@@ -189,12 +198,12 @@ async def test_release_does_not_count_the_attempt(broker: Broker) -> None:
 async def test_extend_moves_the_lease(broker: Broker) -> None:
     task_id = await enqueue(broker)
     (task,) = await claim(broker, lease=1)
-    reply = await broker.extend(p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=60))
+    reply = await broker.extend(
+        p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=60)
+    )
     assert reply["lease_expires_at"] > time.time() + 50
     with pytest.raises(errors.BadRequest):
-        await broker.extend(
-            p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9)
-        )
+        await broker.extend(p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9))
 
 
 async def test_unknown_task_is_not_found(broker: Broker) -> None:
@@ -270,9 +279,7 @@ async def test_max_queue_depth_gives_busy(make_settings: Callable[..., Settings]
 async def test_max_enqueue_many_is_enforced(make_settings: Callable[..., Settings]) -> None:
     async with Broker(make_settings(max_enqueue_many=3)) as broker:
         with pytest.raises(errors.BadRequest, match="max_enqueue_many"):
-            await broker.enqueue_many(
-                p.EnqueueMany(tasks=[p.Enqueue(queue="q") for _ in range(4)])
-            )
+            await broker.enqueue_many(p.EnqueueMany(tasks=[p.Enqueue(queue="q") for _ in range(4)]))
 
 
 async def test_delay_and_run_at_schedule_then_become_ready(broker: Broker) -> None:
@@ -419,7 +426,9 @@ async def test_list_pages_with_after_id(broker: Broker) -> None:
     seen: list[int] = []
     after = None
     while True:
-        page = await broker.list(p.List(queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after))
+        page = await broker.list(
+            p.List(queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after)
+        )
         seen += [t["task_id"] for t in page["tasks"]]
         after = page["next_after_id"]
         if after is None:
@@ -479,7 +488,9 @@ async def test_silent_worker_leases_are_released(make_settings: Callable[..., Se
         tg.cancel_scope.cancel()
 
 
-async def test_hello_checks_version_token_and_repeat(make_settings: Callable[..., Settings]) -> None:
+async def test_hello_checks_version_token_and_repeat(
+    make_settings: Callable[..., Settings],
+) -> None:
     async with Broker(make_settings(auth_tokens=["s3cret", "other"])) as broker:
         with pytest.raises(errors.UnsupportedVersion):
             await broker.hello(p.Hello(version=2, token="s3cret"), Session())

@@ -66,7 +66,9 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "0001_good.sql").write_text("CREATE TABLE a (x INTEGER);\n")
-    (folder / "0002_bad.sql").write_text("CREATE TABLE b (x INTEGER);\nINSERT INTO nope VALUES (1);\n")
+    (folder / "0002_bad.sql").write_text(
+        "CREATE TABLE b (x INTEGER);\nINSERT INTO nope VALUES (1);\n"
+    )
     conn = connect(tmp_path / "a.db")
     with pytest.raises(errors.StorageError, match="0002_bad"):
         migrate.apply_migrations(conn, folder)

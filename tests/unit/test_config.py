@@ -45,14 +45,15 @@ def test_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_value_names_field_and_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DURABLE_TQ_DEFAULT_LEASE", "-3")
-    with pytest.raises(errors.ConfigError, match=r"default_lease \(from env DURABLE_TQ_DEFAULT_LEASE\)"):
+    expected = r"default_lease \(from env DURABLE_TQ_DEFAULT_LEASE\)"
+    with pytest.raises(errors.ConfigError, match=expected):
         config.load_settings()
 
 
 def test_invalid_file_value_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "custom.toml"
     path.write_text('synchronous = "SOMETIMES"\n')
-    with pytest.raises(errors.ConfigError, match="synchronous .from file"):
+    with pytest.raises(errors.ConfigError, match=r"synchronous \(from file"):
         config.load_settings(path)
 
 

@@ -73,9 +73,26 @@ def test_bad_request_message_names_the_field() -> None:
 
 def test_every_protocol_op_has_a_model() -> None:
     ops = {
-        "hello", "enqueue", "enqueue_many", "claim", "ack", "fail", "release", "extend",
-        "heartbeat", "get", "cancel", "stats", "list", "requeue", "pause", "resume", "purge",
-        "workers", "worker_state", "bye",
+        "hello",
+        "enqueue",
+        "enqueue_many",
+        "claim",
+        "ack",
+        "fail",
+        "release",
+        "extend",
+        "heartbeat",
+        "get",
+        "cancel",
+        "stats",
+        "list",
+        "requeue",
+        "pause",
+        "resume",
+        "purge",
+        "workers",
+        "worker_state",
+        "bye",
     }
     assert set(p.REQUESTS) == ops
 
@@ -97,3 +114,61 @@ def test_errors_round_trip_through_the_wire() -> None:
         again = errors.from_wire(exc.to_wire())
         assert type(again) is type(exc) and again.message == exc.message
     assert errors.from_wire({"code": "brand_new", "message": "m"}).code == "brand_new"
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "request_id"),
+    [
+        (b"not json", "bad_request", None),
+        (b"[1,2]", "bad_request", None),
+        (b"\xff\xfe{}", "bad_request", None),
+        (b'{"id":1,"op":"enqueue","queue":"q","payload":NaN}', "bad_request", 1),
+        (b'{"id":1,"op":"enqueue","queue":"q","payload":{"a":[-Infinity]}}', "bad_request", 1),
+        (b'{"id":1,"op":"enqueue","queue":"q","delay":Infinity}', "bad_request", 1),
+        (b"[" * 100_000, "bad_request", None),
+        (b'{"id":2,"payload":' + b"[" * 5000 + b"]" * 5000 + b"}", "bad_request", None),
+        (b'{"id":3}', "bad_request", 3),
+        (b'{"id":"x","op":"launch"}', "unknown_op", "x"),
+        (b'{"id":4,"op":7}', "bad_request", 4),
+        (
+            b'{"id":5,"op":"ack","task_id":99999999999999999999999,"lease_token":"t"}',
+            "bad_request",
+            5,
+        ),
+        (b'{"id":6,"op":"enqueue","queue":"q","priority":1.5}', "bad_request", 6),
+        (b'{"id":true,"op":"stats"}', "bad_request", None),
+    ],
+)
+def test_parse_line_rejects_with_code_and_id(line: bytes, code: str, request_id: object) -> None:
+    with pytest.raises(p.FrameRejected) as rejected:
+        p.parse_line(line)
+    assert rejected.value.error.code == code
+    assert rejected.value.request_id == request_id
+
+
+def test_payload_nesting_is_limited_but_ordinary_depth_passes() -> None:
+    deep_ok = b'{"op":"enqueue","queue":"q","payload":' + b"[" * 100 + b"]" * 100 + b"}"
+    assert isinstance(p.parse_line(deep_ok), p.Enqueue)
+    too_deep = b'{"id":9,"op":"enqueue","queue":"q","payload":' + b"[" * 300 + b"]" * 300 + b"}"
+    with pytest.raises(p.FrameRejected) as rejected:
+        p.parse_line(too_deep)
+    assert rejected.value.error.code == "bad_request" and rejected.value.request_id == 9
+
+
+def test_nan_inside_a_string_is_just_text() -> None:
+    request = p.parse_line(b'{"op":"enqueue","queue":"q","payload":"NaN and Infinity"}')
+    assert isinstance(request, p.Enqueue) and request.payload == "NaN and Infinity"
+
+
+def test_parse_line_accepts_and_keeps_the_id() -> None:
+    request = p.parse_line(b'{"id":"a-1","op":"claim","queues":["x","y"],"wait":2,"max":4}')
+    assert isinstance(request, p.Claim)
+    assert (request.id, request.queues, request.wait, request.max) == ("a-1", ["x", "y"], 2.0, 4)
+    request = p.parse_line(b'{"op":"list","state":"dead"}')
+    assert isinstance(request, p.List) and request.state is p.TaskState.DEAD and request.id is None
+
+
+def test_field_errors_name_the_field_without_the_op_prefix() -> None:
+    with pytest.raises(p.FrameRejected) as rejected:
+        p.parse_line(b'{"id":1,"op":"enqueue","queue":"q","priority":"high"}')
+    assert rejected.value.error.message.startswith("priority:")
