@@ -1,0 +1,420 @@
+"""Operator commands about queues and workers: stats, pause, resume, purge, workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from durable_tq import config
+from durable_tq.cli import _offline
+from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
+from durable_tq.cli._common import (
+    DEFAULT_TIMEOUT,
+    BrokerOptions,
+    CafileOption,
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    TimeoutOption,
+    TokenOption,
+    UrlOption,
+    UsageError,
+    broker_client,
+    fail,
+    handles_errors,
+    human_duration,
+    plural,
+    print_json,
+    relative,
+    shown_url,
+    stdin_is_terminal,
+    stdout_console,
+    styled_state,
+)
+from durable_tq.client import Client
+from durable_tq.protocol import TaskState
+
+COUNT_STATES = [state.value for state in TaskState]
+
+
+# --- stats --------------------------------------------------------------------------------------
+
+
+def _count_cell(state: str, count: int) -> Text:
+    if count == 0:
+        return Text("0", style="dim")
+    style = {"dead": "bold red", "queued": "cyan", "leased": "yellow", "scheduled": "blue"}
+    return Text(f"{count:,}", style=style.get(state, ""))
+
+
+def stats_table(stats: dict[str, Any], source: str) -> RenderableType:
+    """Queues x states, one row per queue, a total row, and the broker's head counts."""
+    queues: dict[str, dict[str, Any]] = stats.get("queues", {})
+    table = Table(
+        title=f"Queues — {source}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        show_footer=len(queues) > 1,
+        footer_style="bold",
+    )
+    totals = {state: sum(int(q.get(state, 0)) for q in queues.values()) for state in COUNT_STATES}
+    table.add_column("Queue", footer="total", no_wrap=True)
+    for state in COUNT_STATES:
+        table.add_column(
+            state.capitalize(), justify="right", footer=f"{totals[state]:,}", no_wrap=True
+        )
+    table.add_column("Oldest ready", justify="right", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    for name in sorted(queues):
+        counts = queues[name]
+        age = counts.get("oldest_queued_age")
+        status = Text("paused", style="bold yellow") if counts.get("paused") else Text("active")
+        table.add_row(
+            Text(name, style="bold"),
+            *[_count_cell(state, int(counts.get(state, 0))) for state in COUNT_STATES],
+            Text("—", style="dim") if age is None else Text(human_duration(age)),
+            status,
+        )
+    footer = Text.assemble(
+        (plural(int(stats.get("workers", 0)), "live worker"), "bold"),
+        " · ",
+        (
+            "connections: n/a (read from the database file)"
+            if stats.get("connections") is None
+            else plural(int(stats["connections"]), "connection")
+        ),
+        " · ",
+        (time.strftime("%H:%M:%S"), "dim"),
+    )
+    if not queues:
+        hint = Text(
+            "No queues yet. Add a task: durable-tq enqueue QUEUE '{\"hello\": 1}'", style="dim"
+        )
+        return Group(Text(f"Queues — {source}", style="italic"), hint, footer)
+    return Group(table, footer)
+
+
+@app.command(rich_help_panel="Inspect")
+@handles_errors
+def stats(
+    seconds: Annotated[
+        float | None,
+        typer.Argument(
+            metavar="[SECONDS]",
+            help="With --watch: seconds between refreshes (default 2).",
+            show_default=False,
+        ),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C.")
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option("--count", min=1, help="With --watch: stop after this many refreshes."),
+    ] = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Tasks per queue and state, paused queues, oldest ready task, workers, connections.
+
+    `durable-tq stats --watch [SECONDS]` refreshes in place; with --json it prints one line
+    per refresh.
+    """
+    if seconds is not None and not watch:
+        raise UsageError("SECONDS is the refresh interval of --watch; add --watch")
+    if seconds is not None and seconds <= 0:
+        raise UsageError("SECONDS must be more than 0")
+    if db is not None and url is not None:
+        raise UsageError("give --db or --url, not both")
+    interval = seconds if seconds is not None else 2.0
+    options = BrokerOptions(url, config_file, token, cafile, timeout)
+    if db is not None:
+        _watch_or_once(_db_stats_reader(db, config_file), str(db), watch, interval, count,
+                       json_output)
+        return
+    with broker_client(options) as client:
+        _watch_or_once(
+            lambda: client.request("stats"),
+            shown_url(client.async_client.url),
+            watch,
+            interval,
+            count,
+            json_output,
+        )
+
+
+def _db_stats_reader(db: Path, config_file: Path | None) -> Callable[[], dict[str, Any]]:
+    """Stats from the file; live workers are judged by the settings' worker_timeout."""
+    worker_timeout = config.load_settings(config_file).worker_timeout
+
+    def read() -> dict[str, Any]:
+        with _offline.open_database(db) as conn:
+            return _offline.stats(conn, worker_timeout)
+
+    return read
+
+
+def _watch_or_once(
+    read: Callable[[], dict[str, Any]],
+    source: str,
+    watch: bool,
+    interval: float,
+    count: int | None,
+    json_output: bool,
+) -> None:
+    if not watch:
+        result = read()
+        if json_output:
+            print_json(result)
+        else:
+            stdout_console().print(stats_table(result, source))
+        return
+    refreshes = 0
+    console = stdout_console()
+    try:
+        if json_output:
+            while count is None or refreshes < count:
+                if refreshes:
+                    time.sleep(interval)
+                print_json(read())
+                refreshes += 1
+            return
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while count is None or refreshes < count:
+                if refreshes:
+                    time.sleep(interval)
+                live.update(stats_table(read(), f"{source} · every {interval:g}s"), refresh=True)
+                refreshes += 1
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how --watch ends
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+def workers_table(workers: list[dict[str, Any]], source: str) -> RenderableType:
+    if not workers:
+        return Text(f"No workers registered at {source}.", style="dim")
+    now = time.time()
+    table = Table(
+        title=f"Workers — {source}", title_justify="left", box=box.SIMPLE_HEAD,
+        header_style="bold",
+    )
+    table.add_column("Worker", style="bold", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Queues")
+    table.add_column("Leased", justify="right", no_wrap=True)
+    table.add_column("Last heartbeat", justify="right", no_wrap=True)
+    table.add_column("Connection", no_wrap=True)
+    for worker in workers:
+        heartbeat = worker.get("last_heartbeat")
+        alive = worker.get("alive")
+        connected = worker.get("connected")
+        if alive is False:
+            link = Text("gone", style="red")
+        elif connected is False:
+            link = Text("disconnected", style="yellow")
+        else:
+            link = Text("connected", style="green")
+        queues = worker.get("queues")
+        table.add_row(
+            str(worker["id"]),
+            styled_state(str(worker.get("state", "?"))),
+            ", ".join(queues) if queues else Text("all", style="dim"),
+            f"{worker.get('leased', 0)}/{worker.get('concurrency', 1)}",
+            "—" if heartbeat is None else relative(float(heartbeat), now),
+            link,
+        )
+    return table
+
+
+@app.command(rich_help_panel="Inspect")
+@handles_errors
+def workers(
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Registered workers: state, queues, leases held out of their concurrency, heartbeat."""
+    with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
+        reply = client.request("workers")
+        if json_output:
+            print_json({"workers": reply.get("workers", [])})
+            return
+        stdout_console().print(
+            workers_table(reply.get("workers", []), shown_url(client.async_client.url))
+        )
+
+
+class WorkerCommandChoice(StrEnum):
+    running = "running"
+    quiet = "quiet"
+    terminate = "terminate"
+
+
+@app.command("worker-state", rich_help_panel="Operate")
+@handles_errors
+def worker_state(
+    worker_id: Annotated[str, typer.Argument(metavar="ID", help="The worker's id.")],
+    state: Annotated[
+        WorkerCommandChoice,
+        typer.Argument(
+            help="quiet: stop claiming; terminate: finish up and exit; running: carry on."
+        ),
+    ],
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Tell a worker to go quiet, terminate, or run again (at its next heartbeat)."""
+    with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
+        client.worker_state(worker_id, state.value)
+    if json_output:
+        print_json({"worker_id": worker_id, "state": state.value})
+        return
+    stdout_console().print(
+        Text.assemble("worker ", (worker_id, "bold"), " will be told ",
+                      styled_state(state.value), " at its next heartbeat")
+    )
+
+
+# --- pause, resume, purge -----------------------------------------------------------------------
+
+QueueArgument = Annotated[str, typer.Argument(metavar="QUEUE", help="The queue's name.")]
+
+
+def _set_paused(
+    queue: str, paused: bool, json_output: bool, options: BrokerOptions
+) -> None:
+    with broker_client(options) as client:
+        if paused:
+            client.pause(queue)
+        else:
+            client.resume(queue)
+    if json_output:
+        print_json({"queue": queue, "paused": paused})
+        return
+    word = Text("paused", style="bold yellow") if paused else Text("resumed", style="bold green")
+    detail = (
+        " (enqueues are still accepted; no claims are handed out)"
+        if paused
+        else " (claims are handed out again)"
+    )
+    stdout_console().print(Text.assemble("queue ", (queue, "bold"), " ", word, detail))
+
+
+@app.command(rich_help_panel="Operate")
+@handles_errors
+def pause(
+    queue: QueueArgument,
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Stop handing out tasks of QUEUE; enqueues are still accepted."""
+    _set_paused(queue, True, json_output, BrokerOptions(url, config_file, token, cafile, timeout))
+
+
+@app.command(rich_help_panel="Operate")
+@handles_errors
+def resume(
+    queue: QueueArgument,
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Hand out tasks of a paused QUEUE again."""
+    _set_paused(
+        queue, False, json_output, BrokerOptions(url, config_file, token, cafile, timeout)
+    )
+
+
+class PurgeState(StrEnum):
+    scheduled = "scheduled"
+    queued = "queued"
+    succeeded = "succeeded"
+    dead = "dead"
+    cancelled = "cancelled"
+
+
+def _confirm_purge(client: Client, queue: str, state: str | None) -> None:
+    """Show what would go and ask; anything but yes ends the command."""
+    counts = client.request("stats").get("queues", {}).get(queue)
+    if counts is None:
+        doomed = "no tasks"
+    elif state is not None:
+        doomed = plural(int(counts.get(state, 0)), f"{state} task")
+    else:
+        doomed = plural(
+            sum(int(counts.get(s, 0)) for s in COUNT_STATES if s != TaskState.LEASED), "task"
+        ) + " (every state but leased)"
+    console = stdout_console()
+    console.print(Text.assemble("About to delete ", (doomed, "bold red"), " of queue ",
+                                (queue, "bold"), ". This cannot be undone."))
+    if not typer.confirm("Purge?", default=False):
+        fail("purge aborted; nothing was deleted", EXIT_OPERATION_ERROR)
+
+
+@app.command(rich_help_panel="Operate")
+@handles_errors
+def purge(
+    queue: QueueArgument,
+    state: Annotated[
+        PurgeState | None,
+        typer.Option("--state", help="Only tasks in this state (default: all but leased).",
+                     show_default=False),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Delete the tasks of QUEUE (never leased ones); asks first unless --yes."""
+    state_name = state.value if state is not None else None
+    if not yes and not stdin_is_terminal():
+        raise UsageError(
+            "purge deletes tasks for good and there is no terminal to confirm on; "
+            "add --yes to purge anyway"
+        )
+    with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
+        if not yes:
+            _confirm_purge(client, queue, state_name)
+        count = client.purge(queue, state_name)
+    if json_output:
+        print_json({"count": count})
+        return
+    what = f"{state_name} task" if state_name else "task"
+    stdout_console().print(
+        Text.assemble("purged ", (plural(count, what), "bold"), " from queue ", (queue, "bold"))
+    )
