@@ -343,15 +343,15 @@ class RawConnection:
     with that id (replies with other ids that arrive first are kept for ``reply_to``);
     ``send``/``send_line`` write without waiting; ``receive`` reads the next reply;
     ``at_eof()`` tells whether the broker closed the connection. Every read is bounded by
-    ``timeout`` (a ``TimeoutError`` instead of a hang).
+    ``within`` seconds (a ``TimeoutError`` instead of a hang).
     """
 
-    def __init__(self, stream: Any, timeout: float) -> None:
+    def __init__(self, stream: Any, within: float) -> None:
         from anyio.streams.buffered import BufferedByteReceiveStream
 
         self.stream = stream
         self.buffered = BufferedByteReceiveStream(stream)
-        self.timeout = timeout
+        self.within = within
         self.next_id = 0
         self.unclaimed: dict[Any, dict[str, Any]] = {}
 
@@ -374,19 +374,19 @@ class RawConnection:
         await self.send_line(json.dumps(frame).encode())
         return id
 
-    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
+    async def receive(self, within: float | None = None) -> dict[str, Any]:
         import json
 
-        with anyio.fail_after(self.timeout if timeout is None else timeout):
+        with anyio.fail_after(self.within if within is None else within):
             line = await self.buffered.receive_until(b"\n", 64 << 20)
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    async def reply_to(self, request_id: Any, timeout: float | None = None) -> dict[str, Any]:
+    async def reply_to(self, request_id: Any, within: float | None = None) -> dict[str, Any]:
         """The reply carrying ``request_id``, reading (and keeping) others until it comes."""
-        with anyio.fail_after(self.timeout if timeout is None else timeout):
+        with anyio.fail_after(self.within if within is None else within):
             while request_id not in self.unclaimed:
-                reply = await self.receive(timeout=float("inf"))
+                reply = await self.receive(within=float("inf"))
                 self.unclaimed[reply.get("id")] = reply
         return self.unclaimed.pop(request_id)
 
@@ -399,9 +399,9 @@ class RawConnection:
         reply = await self.request("hello", **args)
         return reply
 
-    async def at_eof(self, timeout: float | None = None) -> bool:
+    async def at_eof(self, within: float | None = None) -> bool:
         """True when the broker closed the connection (after any replies still unread)."""
-        with anyio.fail_after(self.timeout if timeout is None else timeout):
+        with anyio.fail_after(self.within if within is None else within):
             try:
                 data = await self.buffered.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -420,7 +420,7 @@ def _split_url(url: str) -> tuple[str, str, int]:
 
 @pytest.fixture
 def raw_connect() -> Callable[..., AbstractAsyncContextManager[RawConnection]]:
-    """``async with raw_connect(url, hello=True, ssl_context=None, timeout=10) as conn``:
+    """``async with raw_connect(url, hello=True, ssl_context=None, within=10) as conn``:
     a :class:`RawConnection` (already greeted when ``hello`` is true; pass a dict to give
     hello arguments such as ``{"token": "..."}``). A ``tls://`` url needs ``ssl_context``."""
 
@@ -430,17 +430,17 @@ def raw_connect() -> Callable[..., AbstractAsyncContextManager[RawConnection]]:
         *,
         hello: bool | dict[str, Any] = True,
         ssl_context: Any = None,
-        timeout: float = 10.0,
+        within: float = 10.0,
     ) -> AsyncIterator[RawConnection]:
         scheme, host, port = _split_url(url)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             if scheme == "tls":
                 stream: Any = await anyio.connect_tcp(
                     host, port, tls=True, ssl_context=ssl_context, tls_standard_compatible=False
                 )
             else:
                 stream = await anyio.connect_tcp(host, port)
-        conn = RawConnection(stream, timeout)
+        conn = RawConnection(stream, within)
         try:
             if hello:
                 reply = await conn.hello(**(hello if isinstance(hello, dict) else {}))
