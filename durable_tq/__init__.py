@@ -9,6 +9,7 @@ from durable_tq.errors import (
     NotFound,
 )
 from durable_tq.protocol import TaskState
+from durable_tq.worker import Fail, Retry, TaskContext, Worker
 
 __version__ = "0.1.0"
 
@@ -17,8 +18,12 @@ __all__ = [
     "Conflict",
     "ConnectionLost",
     "DurableTQError",
+    "Fail",
     "LeaseLost",
     "NotFound",
+    "Retry",
+    "TaskContext",
     "TaskState",
+    "Worker",
     "__version__",
 ]

@@ -1,0 +1,436 @@
+"""``Worker``: the handlers of an app, its options, and the ways to run it."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import secrets
+import socket
+import ssl as ssl_module
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Unpack
+
+import anyio
+from anyio.from_thread import BlockingPortal
+from pydantic import JsonValue
+
+from durable_tq import errors
+from durable_tq.client import (
+    CLIENT_NAME,
+    AsyncClient,
+    Client,
+    EnqueueResult,
+    WorkerRegistration,
+)
+from durable_tq.worker.outcome import MAX_ERROR_CHARS
+from durable_tq.worker.runtime import Runtime, RuntimeConfig
+from durable_tq.worker.task import EnqueueOptions, Task
+
+__all__ = ["DEFAULT_URL", "Worker", "WorkerSettings"]
+
+logger = logging.getLogger("durable_tq.worker")
+
+DEFAULT_URL = "tcp://127.0.0.1:7480"
+
+
+def default_worker_id() -> str:
+    """``host-pid-random``: unique per process, readable in ``durable-tq workers``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _queue_tuple(queues: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(queues, str):
+        raise errors.ConfigError("queues must be a list of names, not one string")
+    names = tuple(dict.fromkeys(q.strip() for q in queues if q.strip()))
+    if not names:
+        raise errors.ConfigError("queues must name at least one queue")
+    return names
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSettings:
+    """Everything a ``Worker`` was configured with (see ``Worker`` for what each means)."""
+
+    concurrency: int = 8
+    queues: tuple[str, ...] | None = None
+    url: str = DEFAULT_URL
+    token: str | None = None
+    worker_id: str = dataclasses.field(default_factory=default_worker_id)
+    claim_batch: int | None = None
+    wait: float = 5.0
+    lease: float | None = None
+    ssl: ssl_module.SSLContext | bool | None = None
+    grace: float = 30.0
+    heartbeat_interval: float | None = None
+    request_timeout: float = 30.0
+    max_error_chars: int = MAX_ERROR_CHARS
+    renew_fraction: float = 0.5
+    meta: Mapping[str, JsonValue] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.concurrency >= 1, "concurrency must be at least 1"),
+            (self.claim_batch is None or self.claim_batch >= 1, "claim_batch must be >= 1"),
+            (self.wait >= 0, "wait must not be negative"),
+            (self.lease is None or self.lease > 0, "lease must be positive"),
+            (self.grace >= 0, "grace must not be negative"),
+            (self.request_timeout > 0, "request_timeout must be positive"),
+            (self.max_error_chars >= 100, "max_error_chars must be at least 100"),
+            (0 < self.renew_fraction < 1, "renew_fraction must be between 0 and 1"),
+            (bool(self.worker_id), "worker_id must not be empty"),
+            (
+                self.heartbeat_interval is None or self.heartbeat_interval > 0,
+                "heartbeat_interval must be positive",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise errors.ConfigError(message)
+        if self.queues is not None:
+            object.__setattr__(self, "queues", _queue_tuple(self.queues))
+
+    def ssl_context(self) -> ssl_module.SSLContext | None:
+        if isinstance(self.ssl, ssl_module.SSLContext):
+            return self.ssl
+        if self.ssl is True:
+            return ssl_module.create_default_context()
+        return None  # a tls:// URL still gets a default context from the client
+
+
+class Worker:
+    """Runs handlers for tasks of one or more queues::
+
+        worker = Worker(concurrency=16)
+
+        @worker.task("emails", timeout=30)
+        async def send_email(payload, ctx):
+            ...
+            return {"sent": True}          # stored as the task's result
+
+    Options (all keyword-only):
+
+    :param concurrency: tasks run at once at most; claims ask only for free slots.
+    :param queues: the queues to work on; default: every queue that has a handler.
+    :param url: the broker, ``tcp://host:port`` or ``tls://host:port`` (a token may be
+        given as ``tcp://TOKEN@host:port``).
+    :param token: the broker's auth token.
+    :param worker_id: how the broker knows this worker; default ``host-pid-random``.
+    :param claim_batch: tasks one claim may take at most (default: ``concurrency``).
+    :param wait: long-poll of a claim, in seconds.
+    :param lease: lease asked for in each claim (default: each task's own, else the
+        broker's ``default_lease``); leases are renewed while tasks run.
+    :param ssl: an ``ssl.SSLContext``, or True for the system's default one.
+    :param grace: on stop, how long running tasks may finish before they are released.
+    :param client: an ``AsyncClient`` (entered) or ``Client`` used by ``Task.enqueue`` and
+        ``enqueue_sync``, instead of a short-lived connection per call.
+    :param heartbeat_interval: override the broker's announced heartbeat period.
+    :param request_timeout: limit for each ack/fail/release/extend request.
+    :param max_error_chars: bound on the error text stored on a failed task.
+    :param renew_fraction: renew a lease when this fraction of it has passed.
+    :param meta: extra JSON shown with the worker's registration.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 8,
+        queues: Sequence[str] | None = None,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        worker_id: str | None = None,
+        claim_batch: int | None = None,
+        wait: float = 5.0,
+        lease: float | None = None,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        grace: float = 30.0,
+        client: AsyncClient | Client | None = None,
+        heartbeat_interval: float | None = None,
+        request_timeout: float = 30.0,
+        max_error_chars: int = MAX_ERROR_CHARS,
+        renew_fraction: float = 0.5,
+        meta: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        self._settings = WorkerSettings(
+            concurrency=concurrency,
+            queues=None if queues is None else _queue_tuple(queues),
+            url=url,
+            token=token,
+            worker_id=worker_id or default_worker_id(),
+            claim_batch=claim_batch,
+            wait=wait,
+            lease=lease,
+            ssl=ssl,
+            grace=grace,
+            heartbeat_interval=heartbeat_interval,
+            request_timeout=request_timeout,
+            max_error_chars=max_error_chars,
+            renew_fraction=renew_fraction,
+            meta=dict(meta or {}),
+        )
+        self._client = client
+        self._tasks: dict[str, Task] = {}
+        self._runtime: Runtime | None = None
+        self._loop_thread: int | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        self._ready = threading.Event()
+
+    def __repr__(self) -> str:
+        state = "running" if self._runtime is not None else "idle"
+        return (
+            f"<Worker {self.worker_id} {state} queues={list(self.queues)} "
+            f"concurrency={self._settings.concurrency}>"
+        )
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self._settings
+
+    @property
+    def worker_id(self) -> str:
+        return self._settings.worker_id
+
+    @property
+    def tasks(self) -> Mapping[str, Task]:
+        """Registered handlers by queue."""
+        return dict(self._tasks)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues this worker claims from."""
+        if self._settings.queues is not None:
+            return self._settings.queues
+        return tuple(self._tasks)
+
+    @property
+    def running(self) -> bool:
+        return self._runtime is not None
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of timed-out sync handlers still running (see docs/worker.md)."""
+        runtime = self._runtime
+        return runtime.executor.abandoned_threads if runtime is not None else 0
+
+    def configure(self, **changes: Any) -> None:
+        """Override options before running (the CLI's flags do this)."""
+        if self._runtime is not None:
+            raise RuntimeError("configure() while the worker runs")
+        self._settings = dataclasses.replace(self._settings, **changes)
+
+    def task(
+        self,
+        queue: str,
+        *,
+        timeout: float | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        lease: float | None = None,
+    ) -> Callable[[Callable[..., Any]], Task]:
+        """Register the decorated function as the handler of ``queue``.
+
+        :param timeout: seconds one run may take; longer runs are cancelled (async) or
+            abandoned (sync: the thread runs on) and the attempt fails.
+        :param priority: default ``priority`` of ``enqueue`` for this task.
+        :param max_attempts: default ``max_attempts`` of ``enqueue`` for this task.
+        :param lease: default ``lease`` of ``enqueue`` for this task.
+        """
+        if not isinstance(queue, str) or not 0 < len(queue) <= 200:
+            raise errors.ConfigError(f"a queue name is 1 to 200 characters, got {queue!r}")
+        defaults: EnqueueOptions = {}
+        if priority is not None:
+            defaults["priority"] = priority
+        if max_attempts is not None:
+            defaults["max_attempts"] = max_attempts
+        if lease is not None:
+            defaults["lease"] = lease
+
+        def register(fn: Callable[..., Any]) -> Task:
+            if queue in self._tasks:
+                raise errors.ConfigError(
+                    f"queue {queue!r} already has a handler: {self._tasks[queue].name}"
+                )
+            task = Task(fn, queue=queue, timeout=timeout, producer=self, defaults=defaults)
+            self._tasks[queue] = task
+            return task
+
+        return register
+
+    def _runtime_config(self) -> RuntimeConfig:
+        s = self._settings
+        queues = self.queues
+        if not self._tasks:
+            raise errors.ConfigError("the worker has no handlers; register some with @task")
+        unhandled = [q for q in queues if q not in self._tasks]
+        if unhandled or not queues:
+            raise errors.ConfigError(
+                f"no handler for queue(s) {', '.join(unhandled) or '(none given)'}; "
+                f"handlers exist for: {', '.join(self._tasks)}"
+            )
+        return RuntimeConfig(
+            worker_id=s.worker_id,
+            queues=queues,
+            concurrency=s.concurrency,
+            claim_batch=s.claim_batch or s.concurrency,
+            wait=s.wait,
+            lease=s.lease,
+            grace=s.grace,
+            request_timeout=s.request_timeout,
+            max_error_chars=s.max_error_chars,
+            heartbeat_interval=s.heartbeat_interval,
+            renew_fraction=s.renew_fraction,
+        )
+
+    def _new_client(self, registration: WorkerRegistration | None = None) -> AsyncClient:
+        s = self._settings
+        return AsyncClient.from_url(
+            s.url,
+            token=s.token,
+            ssl_context=s.ssl_context(),
+            worker=registration,
+            client_name=f"{CLIENT_NAME} worker" if registration is not None else CLIENT_NAME,
+        )
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> None:
+        """Connect, register and work until stopped.
+
+        :param until_idle: return once this worker's queues have nothing queued, scheduled
+            or leased and nothing runs here (tests, batch jobs, benchmarks).
+        :param handle_signals: SIGTERM/SIGINT stop gracefully; a second one stops at once.
+            Only in the main thread.
+        """
+        if self._runtime is not None:
+            raise RuntimeError(f"worker {self.worker_id} is already running")
+        config = self._runtime_config()
+        if handle_signals and threading.current_thread() is not threading.main_thread():
+            logger.debug("not in the main thread: signals are not handled")
+            handle_signals = False
+        registration = WorkerRegistration(
+            id=config.worker_id,
+            queues=list(config.queues),
+            concurrency=config.concurrency,
+            meta={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "tasks": {queue: task.name for queue, task in self._tasks.items()},
+                **self._settings.meta,
+            },
+        )
+        async with self._new_client(registration) as client, BlockingPortal() as portal:
+            runtime = Runtime(config, {q: self._tasks[q] for q in config.queues}, client, portal)
+            self._runtime = runtime
+            self._loop_thread = threading.get_ident()
+            self._ready.set()
+            logger.info(
+                "worker %s connected to %s (%s): queues %s, concurrency %d",
+                config.worker_id,
+                client.url,
+                client.server,
+                ", ".join(config.queues),
+                config.concurrency,
+            )
+            try:
+                await runtime.run(until_idle=until_idle, handle_signals=handle_signals)
+            finally:
+                self._runtime = None
+                self._loop_thread = None
+
+    async def drain(self) -> None:
+        """Work until the queues are empty and nothing runs, then return."""
+        await self.run(until_idle=True)
+
+    def run_sync(self, *, until_idle: bool = False, handle_signals: bool = True) -> None:
+        """``run`` in a new event loop, blocking until the worker stops (scripts, the CLI)."""
+        anyio.run(
+            functools.partial(self.run, until_idle=until_idle, handle_signals=handle_signals),
+            backend="asyncio",
+        )
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Run the worker in a background thread; returns once it is connected.
+
+        Stop it with ``stop()`` and wait for it with ``join()``.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"worker {self.worker_id} was already started")
+        self._ready.clear()
+        self._thread_error = None
+
+        def main() -> None:
+            try:
+                anyio.run(self.run, backend="asyncio")
+            except BaseException as exc:
+                self._thread_error = exc
+                logger.exception("worker %s stopped with an error", self.worker_id)
+            finally:
+                self._ready.set()
+
+        self._thread = threading.Thread(
+            target=main, name=f"durable_tq worker {self.worker_id}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"worker {self.worker_id} did not connect within {timeout} s")
+        if self._thread_error is not None:
+            raise self._thread_error
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for a ``start()``-ed worker to stop; True when it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop gracefully: no more claims, running tasks get ``grace`` seconds, the rest are
+        released. ``now=True`` releases running tasks at once. Safe from any thread, and from
+        handlers; does nothing when the worker is not running."""
+        runtime = self._runtime
+        if runtime is None:
+            return
+        request = functools.partial(runtime.request_stop, now=now)
+        if threading.get_ident() == self._loop_thread:
+            request()
+            return
+        try:
+            runtime.portal.call(request)
+        except RuntimeError:
+            logger.debug("worker %s: stop() after the run ended", self.worker_id)
+
+    # ------------------------------------------------------------------ producing
+
+    async def enqueue(
+        self, queue: str, payload: Any = None, **options: Unpack[EnqueueOptions]
+    ) -> EnqueueResult:
+        """Put a task on ``queue``: through the given client, the running worker's own
+        connection, or a short-lived connection."""
+        if isinstance(self._client, AsyncClient):
+            return await self._client.enqueue(queue, payload, **options)
+        runtime = self._runtime
+        if runtime is not None and threading.get_ident() == self._loop_thread:
+            return await runtime.client.enqueue(queue, payload, **options)
+        async with self._new_client() as client:
+            return await client.enqueue(queue, payload, **options)
+
+    def enqueue_sync(
+        self, queue: str, payload: Any = None, **options: Unpack[EnqueueOptions]
+    ) -> EnqueueResult:
+        """``enqueue`` for blocking code: scripts, and sync handlers (they run in threads)."""
+        if isinstance(self._client, Client):
+            return self._client.enqueue(queue, payload, **options)
+        runtime = self._runtime
+        if runtime is not None:
+            if threading.get_ident() == self._loop_thread:
+                raise RuntimeError("enqueue_sync would block the event loop; await enqueue()")
+            return runtime.portal.call(functools.partial(self.enqueue, queue, payload, **options))
+        s = self._settings
+        with Client.from_url(s.url, token=s.token, ssl_context=s.ssl_context()) as client:
+            return client.enqueue(queue, payload, **options)
