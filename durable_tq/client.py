@@ -767,8 +767,9 @@ class AsyncClient:
             conn.abandoned_claims.discard(request_id)
             self._release_abandoned(reply)
         else:
-            logger.debug("connection #%d: dropped the reply to abandoned request %d",
-                         conn.number, request_id)
+            logger.debug(
+                "connection #%d: dropped the reply to abandoned request %d", conn.number, request_id
+            )
 
     def _note_error(self, conn: _Connection, reply: dict[str, Any]) -> None:
         error = _error_of(reply)
@@ -778,8 +779,9 @@ class AsyncClient:
             if conn.close_error is None:
                 conn.close_error = error
         if reply.get("id") is None:
-            logger.warning("connection #%d: broker error: %s: %s",
-                           conn.number, error.code, error.message)
+            logger.warning(
+                "connection #%d: broker error: %s: %s", conn.number, error.code, error.message
+            )
 
     def _release_abandoned(self, reply: dict[str, Any]) -> None:
         """A claim we gave up on (timeout, cancel) still leased tasks: hand them back."""
@@ -797,11 +799,16 @@ class AsyncClient:
         try:
             await self.release(task.task_id, task.lease_token)
         except errors.DurableTQError as exc:
-            logger.warning("task %d (queue %s): could not release it after an abandoned "
-                           "claim: %s", task.task_id, task.queue, exc)
+            logger.warning(
+                "task %d (queue %s): could not release it after an abandoned claim: %s",
+                task.task_id,
+                task.queue,
+                exc,
+            )
         else:
-            logger.info("task %d (queue %s): released; its claim was abandoned",
-                        task.task_id, task.queue)
+            logger.info(
+                "task %d (queue %s): released; its claim was abandoned", task.task_id, task.queue
+            )
 
     # ------------------------------------------------------------------ requests
 
@@ -848,8 +855,9 @@ class AsyncClient:
                 if busy_left == 0:
                     raise
                 busy_left -= 1
-                logger.info("%s: broker busy (%s), retrying in %.2f s",
-                            op, exc.message, exc.retry_after)
+                logger.info(
+                    "%s: broker busy (%s), retrying in %.2f s", op, exc.message, exc.retry_after
+                )
                 await anyio.sleep(max(exc.retry_after, 0.0))
             except errors.ConnectionLost as exc:
                 if resends_left == 0:
@@ -1201,9 +1209,7 @@ class Client:
         self._async = async_client
         self._exit_stack = ExitStack()
         try:
-            self._portal = self._exit_stack.enter_context(
-                start_blocking_portal(backend="asyncio")
-            )
+            self._portal = self._exit_stack.enter_context(start_blocking_portal(backend="asyncio"))
             self._exit_stack.enter_context(self._portal.wrap_async_context_manager(async_client))
         except BaseException:
             self._exit_stack.close()
@@ -1321,7 +1327,12 @@ class Client:
         timeout: float | None = None,
     ) -> FailResult:
         return self._call(
-            self._async.fail, task_id, lease_token, error, retry=retry, delay=delay,
+            self._async.fail,
+            task_id,
+            lease_token,
+            error,
+            retry=retry,
+            delay=delay,
             timeout=timeout,
         )
 
@@ -1361,9 +1372,7 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> TaskPage:
-        return self._call(
-            self._async.list_tasks, queue, state, limit, after_id, timeout=timeout
-        )
+        return self._call(self._async.list_tasks, queue, state, limit, after_id, timeout=timeout)
 
     def iter_tasks(
         self, queue: str | None = None, state: str | None = None, *, page_size: int = 100
@@ -1385,9 +1394,7 @@ class Client:
         state: str | None = None,
         timeout: float | None = None,
     ) -> int:
-        return self._call(
-            self._async.requeue, task_ids, queue=queue, state=state, timeout=timeout
-        )
+        return self._call(self._async.requeue, task_ids, queue=queue, state=state, timeout=timeout)
 
     def pause(self, queue: str, *, timeout: float | None = None) -> None:
         self._call(self._async.pause, queue, timeout=timeout)
