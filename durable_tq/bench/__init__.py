@@ -1,0 +1,44 @@
+"""``durable-tq bench``: how many tasks a second the broker moves, and how long a task waits.
+
+    wire.py            a bare blocking NDJSON connection and pre-built frames (the load side)
+    loadgen.py         the roles a load process plays: producers, consumers, Worker processes
+    fleet.py           load processes: start, hold at a common start line, collect results
+    broker_process.py  the broker under test as a subprocess; its memory and CPU via psutil
+    limits.py          raw SQLite commits on the same disk: the ceiling to read figures against
+    runner.py          one run: broker, control connection, measuring one scenario variant
+    scenarios.py       the scenarios and their variants
+    report.py          measurements, machine info, tables and JSON
+
+docs/benchmarks.md has the method, the figures, and where the time goes.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from durable_tq.bench.report import Measurement, Report, render
+from durable_tq.bench.runner import Bench, BenchOptions
+from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+
+__all__ = [
+    "DEFAULT_SCENARIOS",
+    "SCENARIOS",
+    "BenchOptions",
+    "Measurement",
+    "Report",
+    "render",
+    "run",
+]
+
+
+def run(options: BenchOptions, console: Console, *, show_progress: bool = True) -> Report:
+    """Run the chosen scenarios (in their fixed order) and return the report."""
+    options = options.effective()
+    unknown = [name for name in options.scenarios if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s): {', '.join(unknown)}")
+    chosen = [name for name in SCENARIOS if name in options.scenarios]
+    with Bench(options, console, show_progress=show_progress) as bench:
+        for name in chosen:
+            SCENARIOS[name](bench)
+    return bench.report

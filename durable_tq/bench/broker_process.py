@@ -1,0 +1,204 @@
+"""The broker under test: started as ``python -m durable_tq serve``, watched through psutil.
+
+A broker of its own process gets a core of its own and can be measured from outside: its
+resident memory is sampled a few times a second (the peak is reported) and its CPU time is read
+before and after each measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue as queue_module
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras
+
+from durable_tq.bench import wire
+
+_LISTENING = re.compile(r"listening on (?P<url>tcp://\S+) \(database (?P<db>.+)\)")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+SAMPLE_INTERVAL = 0.05
+
+
+class BrokerStartError(Exception):
+    """The broker process did not come up; the message carries the end of its log."""
+
+
+class BrokerProcess:
+    """``python -m durable_tq serve --port 0 --db DB`` in a folder of its own."""
+
+    def __init__(self, db_path: Path, synchronous: str, *, log_level: str = "WARNING") -> None:
+        self.db_path = db_path
+        self.workdir = db_path.parent
+        self.log_path = self.workdir / "broker.log"
+        self.synchronous = synchronous
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint: wire.Endpoint | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> wire.Endpoint:
+        command = [
+            sys.executable, "-m", "durable_tq", "serve",
+            "--host", "127.0.0.1", "--port", "0",
+            "--db", str(self.db_path),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        # The developer's own settings must not leak in; the ones that matter are set here.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
+        env["DURABLE_TQ_SYNCHRONOUS"] = self.synchronous
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=env,
+            )
+        url = self._await_listening()
+        if url is None:
+            code = self.proc.poll()
+            self.kill()
+            raise BrokerStartError(
+                f"the broker did not start within {START_TIMEOUT:.0f} s (exit code {code}); "
+                f"its log ends:\n{self.log_tail()}"
+            )
+        self.endpoint = wire.parse_endpoint(url)
+        return self.endpoint
+
+    def _await_listening(self) -> str | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        lines: queue_module.Queue[bytes | None] = queue_module.Queue()
+        stdout = self.proc.stdout
+
+        def pump() -> None:
+            try:
+                for line in stdout:
+                    lines.put(line)
+            except (OSError, ValueError):
+                pass
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name="broker stdout").start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=remaining)
+            except queue_module.Empty:
+                return None
+            if line is None:
+                return None
+            match = _LISTENING.search(line.decode(errors="replace"))
+            if match is not None:
+                return match["url"]
+        return None
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful), SIGKILL if that takes too long; the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
+def find_listening_pid(port: int) -> int | None:
+    """The local process listening on ``port``, when we may see it (for ``--url``)."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return int(conn.pid) if conn.pid is not None else None
+    return None
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    at: float
+    cpu: float
+
+
+class ResourceWatch:
+    """Samples a process's RSS in a thread (peak per measurement and overall); reads CPU."""
+
+    def __init__(self, pid: int | None) -> None:
+        self._process: psutil.Process | None = None
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                self._process = psutil.Process(pid)
+        self.peak_rss = 0
+        self.window_peak_rss = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._process is not None
+
+    def __enter__(self) -> ResourceWatch:
+        if self._process is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True, name="rss sampler")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _sample(self) -> None:
+        assert self._process is not None
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            self.sample_once()
+
+    def sample_once(self) -> None:
+        if self._process is None:
+            return
+        try:
+            rss = int(self._process.memory_info().rss)
+        except psutil.Error:
+            return
+        self.peak_rss = max(self.peak_rss, rss)
+        self.window_peak_rss = max(self.window_peak_rss, rss)
+
+    def start_window(self) -> None:
+        self.window_peak_rss = 0
+        self.sample_once()
+
+    def cpu(self) -> CpuTimes | None:
+        if self._process is None:
+            return None
+        try:
+            times = self._process.cpu_times()
+        except psutil.Error:
+            return None
+        return CpuTimes(time.monotonic(), times.user + times.system)

@@ -1,0 +1,302 @@
+"""Results of a benchmark run: one :class:`Measurement` per scenario variant, the machine it
+ran on, and the two ways to show them (rich tables for people, JSON for machines)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras
+from rich.console import Console
+from rich.table import Table
+
+MB = 1024 * 1024
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency distribution, in milliseconds."""
+
+    of: str  # what was timed, e.g. "enqueue reply", "enqueue -> claim"
+    samples: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def of_seconds(cls, of: str, seconds: Sequence[float]) -> Latency | None:
+        if not seconds:
+            return None
+        ordered = sorted(seconds)
+        return cls(
+            of=of,
+            samples=len(ordered),
+            p50_ms=percentile(ordered, 0.50) * 1000,
+            p95_ms=percentile(ordered, 0.95) * 1000,
+            p99_ms=percentile(ordered, 0.99) * 1000,
+            max_ms=ordered[-1] * 1000,
+        )
+
+
+@dataclass
+class Measurement:
+    """One variant of one scenario (e.g. ``enqueue-seq``, ``4 producers``)."""
+
+    scenario: str
+    variant: str
+    tasks: int
+    seconds: float
+    throughput: float  # tasks a second
+    latency: Latency | None = None
+    other_latency: Latency | None = None
+    processes: int = 0  # load processes
+    connections: int = 0
+    commits: int | None = None  # group commits of the broker during the window
+    writes: int | None = None  # write requests those commits carried
+    broker_cpu_percent: float | None = None  # of one core
+    broker_rss_peak_mb: float | None = None
+    loadgen_cpu_percent: float | None = None  # summed over load processes, of one core
+    loadgen_cpu_us_per_task: float | None = None
+    sqlite_fraction_1row: float | None = None  # throughput / raw single-row commits a second
+    sqlite_fraction_100row: float | None = None  # throughput / raw rows a second, 100 a commit
+    load: str = ""  # how the load was generated
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks_per_commit(self) -> float | None:
+        if not self.commits:
+            return None
+        return self.tasks / self.commits
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tasks_per_commit"] = self.tasks_per_commit
+        finite: dict[str, Any] = _finite(data)
+        return finite
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _disk_of(path: Path) -> dict[str, Any]:
+    """The device and file system a path lives on."""
+    resolved = path.resolve()
+    best: Any = None
+    for part in psutil.disk_partitions(all=True):
+        mount = Path(part.mountpoint)
+        inside = resolved == mount or mount in resolved.parents
+        if inside and (best is None or len(str(mount)) > len(str(best.mountpoint))):
+            best = part
+    info: dict[str, Any] = {"path": str(resolved)}
+    if best is not None:
+        info.update(device=best.device, fstype=best.fstype, mountpoint=best.mountpoint)
+    rotational = _rotational(info.get("device", ""))
+    if rotational is not None:
+        info["rotational"] = rotational
+    return info
+
+
+def _rotational(device: str) -> bool | None:
+    name = Path(device).name.rstrip("0123456789")
+    flag = Path("/sys/block") / name / "queue" / "rotational"
+    try:
+        return flag.read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def machine_info(db_dir: Path) -> dict[str, Any]:
+    """What the numbers depend on: cores, memory, Python, SQLite, the disk, the load."""
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "disk": _disk_of(db_dir),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+@dataclass
+class Report:
+    """Everything one ``durable-tq bench`` run found."""
+
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    measurements: list[Measurement] = field(default_factory=list)
+    limits: dict[str, Any] = field(default_factory=dict)
+    broker: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. claim_scaling's own report
+
+    def to_json(self) -> dict[str, Any]:
+        scenarios: dict[str, list[dict[str, Any]]] = {}
+        for m in self.measurements:
+            scenarios.setdefault(m.scenario, []).append(m.to_json())
+        report: dict[str, Any] = _finite(
+            {
+                "config": self.config,
+                "machine": self.machine,
+                "broker": self.broker,
+                "limits": self.limits,
+                "scenarios": scenarios,
+                "notes": self.notes,
+                **self.extra,
+            }
+        )
+        return report
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+
+
+def throughput_table(measurements: Sequence[Measurement]) -> Table:
+    table = Table(title="Throughput", title_justify="left", header_style="bold")
+    table.add_column("scenario")
+    table.add_column("variant")
+    table.add_column("tasks", justify="right")
+    table.add_column("tasks/s", justify="right", style="bold")
+    table.add_column("commits", justify="right")
+    table.add_column("tasks/commit", justify="right")
+    table.add_column("broker CPU", justify="right")
+    table.add_column("load CPU", justify="right")
+    table.add_column("broker RSS", justify="right")
+    table.add_column("x SQLite 1-row", justify="right")
+    table.add_column("% SQLite 100-row", justify="right")
+    for m in measurements:
+        table.add_row(
+            m.scenario,
+            m.variant,
+            _num(m.tasks),
+            _num(m.throughput),
+            _num(m.commits),
+            _num(m.tasks_per_commit, 1),
+            "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
+            "-" if m.loadgen_cpu_percent is None else f"{m.loadgen_cpu_percent:.0f}%",
+            "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",
+            _num(m.sqlite_fraction_1row, 1),
+            "-" if m.sqlite_fraction_100row is None else f"{m.sqlite_fraction_100row:.0%}",
+        )
+    return table
+
+
+def latency_table(measurements: Sequence[Measurement]) -> Table:
+    table = Table(title="Latency (ms)", title_justify="left", header_style="bold")
+    table.add_column("scenario")
+    table.add_column("variant")
+    table.add_column("latency of")
+    table.add_column("p50", justify="right")
+    table.add_column("p95", justify="right")
+    table.add_column("p99", justify="right", style="bold")
+    table.add_column("max", justify="right")
+    table.add_column("samples", justify="right")
+    for m in measurements:
+        for latency in (m.latency, m.other_latency):
+            if latency is None:
+                continue
+            table.add_row(
+                m.scenario,
+                m.variant,
+                latency.of,
+                _ms(latency.p50_ms),
+                _ms(latency.p95_ms),
+                _ms(latency.p99_ms),
+                _ms(latency.max_ms),
+                _num(latency.samples),
+            )
+    return table
+
+
+def limits_table(limits: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"SQLite alone on the same disk (WAL, synchronous={limits.get('synchronous')})",
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("rows per commit", justify="right")
+    table.add_column("commits/s", justify="right")
+    table.add_column("rows/s", justify="right", style="bold")
+    table.add_column("commit p50 ms", justify="right")
+    table.add_column("commit p99 ms", justify="right")
+    for row in limits.get("runs", []):
+        table.add_row(
+            str(row["rows_per_commit"]),
+            _num(row["commits_per_second"]),
+            _num(row["rows_per_second"]),
+            _ms(row["commit_p50_ms"]),
+            _ms(row["commit_p99_ms"]),
+        )
+    return table
+
+
+def render(report: Report, console: Console) -> None:
+    machine = report.machine
+    config = report.config
+    disk = machine.get("disk", {})
+    console.print(
+        f"[bold]durable-tq bench[/]: {config['tasks']:,} tasks, {config['payload_bytes']} byte "
+        f"payloads, synchronous={config['synchronous']}, broker {report.broker.get('url', '?')}"
+    )
+    console.print(
+        f"machine: {machine['nproc']} cores, {machine['memory_gb']} GB, Python "
+        f"{machine['python']}, SQLite {machine['sqlite']}, disk {disk.get('device', '?')} "
+        f"({disk.get('fstype', '?')}); load average {_loadavg(machine, 'loadavg_start')} at "
+        f"the start, {_loadavg(machine, 'loadavg_end')} at the end"
+    )
+    if report.limits.get("runs"):
+        console.print(limits_table(report.limits))
+    measured = [m for m in report.measurements if m.scenario != "limits"]
+    if measured:
+        console.print(throughput_table(measured))
+        console.print(latency_table(measured))
+    peak = report.broker.get("rss_peak_mb")
+    if peak is not None:
+        console.print(f"broker RSS: peak {peak:.0f} MB over the whole run (sampled every 50 ms)")
+    for m in measured:
+        for note in m.notes:
+            console.print(f"[dim]{m.scenario} ({m.variant}): {note}[/]")
+    for note in report.notes:
+        console.print(f"[dim]{note}[/]")
+
+
+def _loadavg(machine: dict[str, Any], key: str) -> str:
+    values = machine.get(key)
+    if not values:
+        return "?"
+    return " ".join(f"{v:.2f}" for v in values)
