@@ -21,12 +21,14 @@ Retries, in short (docs/clients.md has the why):
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import json
 import logging
 import random
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from types import TracebackType
@@ -1174,6 +1176,20 @@ def _parse_url(url: str) -> tuple[str, int, str | None, bool]:
 
 # ---------------------------------------------------------------------------------- Client
 
+#: Blocking clients not closed yet. Their portal thread is a daemon: left to garbage collection
+#: during interpreter shutdown, stopping it would wait forever on the frozen thread, so the
+#: ones still open at exit are closed while the thread still runs.
+_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        try:
+            client.close()
+        except Exception:
+            logger.exception("closing %r at interpreter exit failed", client)
+
 
 class Client:
     """The blocking client: an ``AsyncClient`` running in a portal thread.
@@ -1214,9 +1230,11 @@ class Client:
         except BaseException:
             self._exit_stack.close()
             raise
+        _open_clients.add(self)
 
     def close(self) -> None:
         """Close the connection and stop the portal thread. Safe to call twice."""
+        _open_clients.discard(self)
         self._exit_stack.close()
 
     def __enter__(self) -> Client:

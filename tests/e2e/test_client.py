@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -667,6 +668,30 @@ def _worker_scenario(broker_url: str) -> None:
 
 async def test_blocking_worker_client(broker_url: str) -> None:
     await anyio.to_thread.run_sync(_worker_scenario, broker_url)
+
+
+def test_blocking_client_rides_through_broker_restarts(
+    serve_subprocess: Callable[..., Any],
+) -> None:
+    broker = serve_subprocess()
+    with Client.from_url(broker.url, reconnect_timeout=60) as client:
+        enqueued = client.enqueue("restart", {"n": 1})
+        broker.restart(graceful=True)
+        # The old connection is gone; the next request reconnects and sees the durable task.
+        assert client.get(enqueued.task_id).state == "queued"
+        broker.restart(graceful=False)  # SIGKILL
+        assert client.get(enqueued.task_id).payload == {"n": 1}
+
+
+async def test_unclosed_blocking_client_does_not_hang_interpreter_exit(broker_url: str) -> None:
+    script = (
+        "from durable_tq.client import Client\n"
+        f"client = Client.from_url({broker_url!r})\n"
+        "print(client.stats().connections)\n"
+    )
+    with anyio.fail_after(30):
+        done = await anyio.run_process([sys.executable, "-c", script])
+    assert int(done.stdout) >= 1
 
 
 # ---------------------------------------------------------- scripted brokers (client logic)
