@@ -8,6 +8,8 @@ same object driven from a blocking portal thread, so sync code gets identical be
 Retries, in short (docs/clients.md has the why):
 
 * ``busy`` replies are retried after the broker's ``retry_after``, up to ``busy_retries`` times.
+* A ``shutting_down`` reply (the broker refused the request while stopping) is retried once,
+  on a new connection.
 * A lost connection is re-opened by the next request (exponential backoff with jitter), and
   ``hello`` is sent again with the same worker registration.
 * A request that was on the wire when the connection broke is **not** re-sent: the broker may
@@ -331,6 +333,14 @@ def _error_of(reply: Mapping[str, Any]) -> errors.DurableTQError:
     return errors.from_wire(error if isinstance(error, dict) else {})
 
 
+def _spend(budget: dict[str, int], reason: str) -> bool:
+    """Use up one retry for ``reason``; False when none is left."""
+    if budget[reason] <= 0:
+        return False
+    budget[reason] -= 1
+    return True
+
+
 class _NotSent(Exception):
     """The connection went away before this request was written: safe to send elsewhere."""
 
@@ -483,7 +493,7 @@ class AsyncClient:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._conn: _Connection | None = None
         self._connections: set[_Connection] = set()
-        self._connect_lock = anyio.Lock()
+        self._connect_lock: anyio.Lock | None = None  # made in the loop that runs us
         self._connect_failures = 0
         self._last_connect_error: errors.DurableTQError | None = None
         self._closed = False
@@ -540,6 +550,7 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         if self._task_group is not None or self._closed:
             raise RuntimeError("an AsyncClient can be entered only once")
+        self._connect_lock = anyio.Lock()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -585,7 +596,7 @@ class AsyncClient:
             return conn
         if self._closed:
             raise errors.ConnectionLost("the client is closed")
-        if self._task_group is None:
+        if self._task_group is None or self._connect_lock is None:
             raise RuntimeError("use `async with AsyncClient(...) as client:` before requests")
         failures_seen = self._connect_failures
         async with self._connect_lock:
@@ -842,29 +853,36 @@ class AsyncClient:
         return {name: value for name, value in reply.items() if name not in ("id", "ok")}
 
     async def _request_with_retries(self, op: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        busy_left = self._busy_retries
-        resends_left = 1 if op in SAFE_TO_RESEND else 0
-        not_sent_left = _NOT_SENT_RETRIES
+        # Retries left per reason. Only answers that say "not done" (busy, shutting_down) and
+        # requests that never left (not sent) are retried for every op; a request lost in
+        # flight only when it is read-only.
+        left = {
+            "busy": self._busy_retries,
+            "shutting_down": 1,
+            "not_sent": _NOT_SENT_RETRIES,
+            "lost": 1 if op in SAFE_TO_RESEND else 0,
+        }
         while True:
             conn = await self._ensure_connected()
             try:
                 return await self._exchange(conn, op, arguments)
             except _NotSent as exc:
-                if not_sent_left == 0:
+                if not _spend(left, "not_sent"):
                     raise errors.ConnectionLost(f"could not send {op!r} to {self.url}") from exc
-                not_sent_left -= 1
             except errors.Busy as exc:
-                if busy_left == 0:
+                if not _spend(left, "busy"):
                     raise
-                busy_left -= 1
                 logger.info(
                     "%s: broker busy (%s), retrying in %.2f s", op, exc.message, exc.retry_after
                 )
                 await anyio.sleep(max(exc.retry_after, 0.0))
-            except errors.ConnectionLost as exc:
-                if resends_left == 0:
+            except errors.ShuttingDown as exc:
+                if not _spend(left, "shutting_down"):
                     raise
-                resends_left -= 1
+                logger.info("%s: %s; sending it again once reconnected", op, exc.message)
+            except errors.ConnectionLost as exc:
+                if not _spend(left, "lost"):
+                    raise
                 logger.info("%s: %s; sending it again (read-only)", op, exc)
 
     async def _exchange(

@@ -846,6 +846,23 @@ async def test_broker_shutting_down_fails_in_flight_requests() -> None:
         assert (await client.stats()).connections == 1  # a fresh connection
 
 
+async def test_refused_while_shutting_down_is_sent_again_on_a_new_connection() -> None:
+    seen: list[str] = []
+
+    async def script(request: dict[str, Any], send: Send, close: Close) -> None:
+        seen.append(request["op"])
+        if len(seen) == 1:  # refused: not done, and the broker closes
+            error = {"code": "shutting_down", "message": "stopping"}
+            await send({"id": request["id"], "ok": False, "error": error})
+            await close()
+        else:
+            await send({"id": request["id"], "ok": True, "task_id": 3, "created": True})
+
+    async with fake_broker(script) as port, AsyncClient("127.0.0.1", port) as client:
+        assert (await client.enqueue("q", 1)).task_id == 3
+    assert seen == ["enqueue", "enqueue"]
+
+
 async def test_write_is_not_resent_but_read_is() -> None:
     seen: list[str] = []
 
