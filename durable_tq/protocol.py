@@ -380,7 +380,17 @@ def _short(exc: BaseException) -> str:
 
 def encode(obj: dict[str, Any]) -> bytes:
     """One compact JSON line, ended by a newline (JSON escapes every newline inside)."""
-    return pydantic_core.to_json(obj) + b"\n"
+    try:
+        return pydantic_core.to_json(obj) + b"\n"
+    except pydantic_core.PydanticSerializationError:
+        # A lone surrogate (a request id like "\\ud800") has no UTF-8 form: send it escaped.
+        text = json.dumps(
+            obj,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            default=pydantic_core.to_jsonable_python,
+        )
+        return text.encode() + b"\n"
 
 
 def ok_reply(request_id: RequestId, result: dict[str, Any]) -> bytes:
