@@ -636,6 +636,8 @@ class AsyncClient:
                     conn = await self._open_connection()
             except (errors.ConnectionLost, errors.TooManyConnections, errors.ShuttingDown) as exc:
                 last_error = exc
+                if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                    break  # the certificate will not verify any better next time
             except TimeoutError as exc:
                 last_error = errors.ConnectionLost(f"connecting took longer than {budget:.3g} s")
                 last_error.__cause__ = exc
