@@ -265,6 +265,34 @@ def limits_table(limits: dict[str, Any]) -> Table:
     return table
 
 
+def profile_table(measurements: Sequence[Measurement]) -> Table:
+    """The broker's self time during each measurement (py-spy), by thread, area, function."""
+    table = Table(
+        title="Where the broker's time went (py-spy self time; --profile)",
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("scenario")
+    table.add_column("variant")
+    table.add_column("areas (all samples)")
+    table.add_column("threads (busy samples)")
+    table.add_column("functions (busy samples)")
+
+    def shares(rows: list[dict[str, Any]], count: int) -> str:
+        return "\n".join(f"{r['percent']:.0f}% {r['name']}" for r in rows[:count])
+
+    for m in measurements:
+        summary = m.extra["profile"]
+        table.add_row(
+            m.scenario,
+            m.variant,
+            shares(summary["areas"], 6),
+            shares(summary["threads"], 2),
+            shares(summary["functions"], 6),
+        )
+    return table
+
+
 def render(report: Report, console: Console) -> None:
     machine = report.machine
     config = report.config
@@ -288,6 +316,9 @@ def render(report: Report, console: Console) -> None:
     peak = report.broker.get("rss_peak_mb")
     if peak is not None:
         console.print(f"broker RSS: peak {peak:.0f} MB over the whole run (sampled every 50 ms)")
+    profiled = [m for m in measured if m.extra.get("profile")]
+    if profiled:
+        console.print(profile_table(profiled))
     for m in measured:
         for note in m.notes:
             console.print(f"[dim]{m.scenario} ({m.variant}): {note}[/]")

@@ -30,7 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from durable_tq.bench import wire
+from durable_tq.bench import profile, wire
 from durable_tq.bench.broker_process import BrokerProcess, ResourceWatch, find_listening_pid
 from durable_tq.bench.fleet import Fleet
 from durable_tq.bench.loadgen import LoadResult, LoadSpec
@@ -55,6 +55,7 @@ class BenchOptions:
     duration: float = 10.0
     limits_seconds: float = 2.0
     db_dir: Path | None = None
+    profile_dir: Path | None = None  # py-spy the broker during each measurement, keep it here
     claim_scaling_args: tuple[str, ...] = ()
 
     def effective(self) -> BenchOptions:
@@ -284,6 +285,7 @@ class Bench:
             return sum(progress[i] for i in measured_index)
 
         description = f"{variant.scenario} · {variant.variant}"
+        recording = self._start_profile(variant)
         with self.progress_task(description, variant.tasks) as advance:
             results = Fleet(variant.specs).run(
                 before_start=before_start,
@@ -297,9 +299,23 @@ class Bench:
         after = self.snapshot()
         self.watch.sample_once()
         measurement = self._measurement(variant, results, measured, before[0], after)
+        if recording is not None:
+            raw = recording.stop()
+            if raw is not None:
+                measurement.extra["profile"] = {"file": str(raw), **profile.summarize(raw)}
         self.purge(queue)
         self.report.measurements.append(measurement)
         return measurement
+
+    def _start_profile(self, variant: Variant) -> profile.Recording | None:
+        folder = self.options.profile_dir
+        pid = self.report.broker.get("pid")
+        if folder is None or pid is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        number = len(self.report.measurements) + 1
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{variant.scenario} {variant.variant}".lower())
+        return profile.Recording(int(pid), folder / f"{number:02d}-{slug.strip('-')}.txt")
 
     def _measurement(
         self,

@@ -62,6 +62,15 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    profile_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Sample the broker with py-spy during each measurement; keep the raw "
+            "profiles in this folder and show where the time went.",
+            show_default=False,
+        ),
+    ] = None,
     claim_scaling_arg: Annotated[
         list[str] | None,
         typer.Option(
@@ -102,6 +111,7 @@ def bench(
         rate=rate,
         duration=duration,
         db_dir=db_dir,
+        profile_dir=profile_dir,
         claim_scaling_args=tuple(claim_scaling_arg or ()),
     )
     progress_console = error_console()
