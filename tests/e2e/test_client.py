@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -419,6 +419,64 @@ async def test_lease_expiry_gives_lease_lost(client: AsyncClient) -> None:
     await anyio.sleep(0.4)
     with pytest.raises(errors.LeaseLost):
         await client.ack(task.task_id, task.lease_token)
+
+
+# ------------------------------------------------------------------ brokers with limits
+
+
+MakeServer = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+async def test_busy_queue_is_retried_until_there_is_room(make_server: MakeServer) -> None:
+    async with (
+        make_server(max_queue_depth=1) as server,
+        AsyncClient.from_url(server.url) as client,
+    ):
+        await client.enqueue("full", 1)
+        result: list[EnqueueResult] = []
+
+        async def enqueue_when_there_is_room() -> None:
+            result.append(await client.enqueue("full", 2))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(enqueue_when_there_is_room)
+            await anyio.sleep(0.2)
+            assert result == []  # refused with busy, waiting for retry_after
+            task = await claim_one(client, "full")
+            await client.ack(task.task_id, task.lease_token)
+        assert len(result) == 1
+        assert (await client.get(result[0].task_id)).payload == 2
+
+        async with AsyncClient.from_url(server.url, busy_retries=0) as impatient:
+            with pytest.raises(errors.Busy) as caught:
+                await impatient.enqueue("full", 3)
+        assert caught.value.retry_after > 0
+
+
+async def test_token(make_server: MakeServer) -> None:
+    async with make_server(auth_tokens=["s3cret"]) as server:
+        async with AsyncClient.from_url(server.url, token="s3cret") as client:
+            assert isinstance(await client.stats(), Stats)
+        url_with_token = server.url.replace("tcp://", "tcp://s3cret@")
+        async with AsyncClient.from_url(url_with_token) as client:
+            assert isinstance(await client.stats(), Stats)
+        for token in ("wrong", None):
+            with pytest.raises(errors.Unauthorized):
+                async with AsyncClient.from_url(server.url, token=token):
+                    pass
+
+
+async def test_too_many_connections(make_server: MakeServer) -> None:
+    async with (
+        make_server(max_connections=1) as server,
+        AsyncClient.from_url(server.url) as first,
+    ):
+        with pytest.raises(errors.ConnectionLost) as caught:
+            async with AsyncClient.from_url(server.url, connect_attempts=2):
+                pass
+        assert isinstance(caught.value.__cause__, errors.TooManyConnections)
+        assert "after 2 attempt" in str(caught.value)
+        assert isinstance(await first.stats(), Stats)
 
 
 # ----------------------------------------------------------------------------- pipelining
