@@ -39,6 +39,8 @@ READ_CHUNK = 65536
 #: Once a connection stops reading (bye, EOF, a closing error, shutdown), how long its
 #: requests already read may take to finish and be answered before they are cut off.
 DRAIN_TIMEOUT = 10.0
+#: How long a closing connection waits for the peer to close its side (see _close_gently).
+LINGER_TIMEOUT = 2.0
 #: How long a notice sent just before closing (``too_many_connections``, ``shutting_down``)
 #: may wait on a peer that does not read.
 NOTICE_TIMEOUT = 2.0
@@ -517,6 +519,7 @@ class BrokerServer:
             log.exception("connection #%d (%s): crashed", number, peer)
         finally:
             with anyio.CancelScope(shield=True):
+                await _close_gently(raw)
                 await anyio.aclose_forcefully(stream)
 
     async def _run_connection(self, conn: _Connection) -> None:
@@ -562,6 +565,23 @@ class BrokerServer:
                 await stream.send(protocol.error_reply(None, refusal))
 
 
+async def _close_gently(raw: anyio.abc.SocketStream) -> None:
+    """End our side with a FIN, then discard what the peer still sends until it closes.
+
+    Closing a socket that holds unread input makes the kernel send a reset, and a reset can
+    make the peer drop replies it has not read yet: the ``unauthorized``, ``frame_too_large``
+    or ``shutting_down`` that explains the close, even ``ok`` replies. So we linger a little,
+    as HTTP servers do, bounded by ``LINGER_TIMEOUT``.
+    """
+    with anyio.move_on_after(LINGER_TIMEOUT):
+        try:
+            await raw.send_eof()
+            while True:
+                await raw.receive(READ_CHUNK)
+        except (*_STREAM_ERRORS, NotImplementedError):
+            pass
+
+
 def _read_only_on_demand(stream: anyio.abc.SocketStream) -> None:
     """Make the socket read only while we wait in ``receive`` (backpressure).
 
@@ -598,7 +618,22 @@ def run(
     ``on_listening`` is called once the server listens (the CLI prints the address there).
     Errors before listening (a locked database, a port in use) are raised as they are.
     """
-    anyio.run(_run, settings, on_listening, backend="asyncio")
+    try:
+        anyio.run(_run, settings, on_listening, backend="asyncio")
+    except BaseExceptionGroup as group:
+        # Task groups wrap what failed; a single error (a locked database, a port in use) is
+        # raised as itself so callers can catch ConfigError or OSError.
+        only = _only_exception(group)
+        if only is None:
+            raise
+        raise only from None
+
+
+def _only_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    if len(group.exceptions) != 1:
+        return None
+    inner = group.exceptions[0]
+    return _only_exception(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 async def _run(settings: Settings, on_listening: Callable[[BrokerServer], None] | None) -> None:
