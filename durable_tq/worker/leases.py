@@ -43,6 +43,8 @@ class Lease:
     expires_at: float
     #: The broker said the lease is gone (expired, or the task was claimed again).
     lost: bool = False
+    #: The task was settled (or given up); a renewal still in flight no longer matters.
+    dropped: bool = False
     renewing: bool = field(default=False, repr=False)
 
     @property
@@ -92,6 +94,7 @@ class LeaseKeeper:
 
     def drop(self, lease: Lease) -> None:
         """Stop renewing: the task was settled (or given up)."""
+        lease.dropped = True
         if self._leases.get(lease.task.task_id) is lease:
             del self._leases[lease.task.task_id]
 
@@ -101,7 +104,7 @@ class LeaseKeeper:
         A lost lease or an unreachable broker is logged and gives False; nothing is raised,
         so handlers calling ``ctx.extend`` never see broker trouble as an exception.
         """
-        if lease.lost:
+        if lease.lost or lease.dropped:
             return False
         task = lease.task
         limit = min(self._request_timeout, max(seconds / 2, 1.0))
@@ -111,6 +114,8 @@ class LeaseKeeper:
             )
         except (errors.LeaseLost, errors.NotFound) as exc:
             lease.lost = True
+            if lease.dropped:  # settled meanwhile: of course the lease is gone
+                return False
             logger.warning(
                 "%s: lease lost (%s); the broker may hand the task to another worker, and this "
                 "run's outcome will not be recorded",

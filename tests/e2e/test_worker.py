@@ -456,6 +456,28 @@ def _is_quiet(worker: Worker) -> bool:
     return runtime is not None and runtime.quiet
 
 
+async def test_start_runs_in_a_thread_until_stopped(broker_url: str, client: AsyncClient) -> None:
+    worker = make_worker(broker_url)
+    extended: list[bool] = []
+
+    @worker.task("bg")
+    async def background(payload: str, ctx: TaskContext) -> str:
+        extended.append(await ctx.extend(60))
+        return payload.upper()
+
+    await anyio.to_thread.run_sync(worker.start)
+    try:
+        assert worker.running
+        result = await background.enqueue("hi")
+        task = await wait_for_state(client, result.task_id, "succeeded")
+        assert task.result == "HI"
+        assert extended == [True]
+    finally:
+        worker.stop()
+        assert await anyio.to_thread.run_sync(worker.join, LIMIT)
+    assert not worker.running
+
+
 async def test_worker_registers_with_its_queues(broker_url: str, client: AsyncClient) -> None:
     worker = make_worker(broker_url, concurrency=5, worker_id="w-registered")
 
