@@ -163,6 +163,10 @@ def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
     return run
 
 
+#: Broker refusals that mean "not available right now" rather than "this request is wrong".
+_UNREACHABLE = frozenset({"too_many_connections", "shutting_down", "connection_lost"})
+
+
 def _root_reason(exc: BaseException) -> str:
     """The innermost OS-level reason of a connection failure, e.g. 'Connection refused'."""
     seen: set[int] = set()
@@ -181,10 +185,7 @@ def _root_reason(exc: BaseException) -> str:
             return current.strerror.lower() if current.strerror[:1].isupper() else current.strerror
         if isinstance(current, TimeoutError):
             return "timed out"
-        if isinstance(current, errors.DurableTQError) and current.code in (
-            "too_many_connections",
-            "shutting_down",
-        ):
+        if isinstance(current, errors.DurableTQError) and current.code in _UNREACHABLE:
             return describe_error(current)
         current = current.__cause__ or current.__context__
     return reason
@@ -309,6 +310,10 @@ def broker_client(options: BrokerOptions) -> Iterator[Client]:
     try:
         yield client
     except errors.ConnectionLost as exc:
+        refusal = exc.__cause__
+        if isinstance(refusal, errors.DurableTQError) and refusal.code not in _UNREACHABLE:
+            # The broker refused a request and closed (frame_too_large, unauthorized): say so.
+            raise refusal from exc
         raise BrokerUnreachable(url, _root_reason(exc)) from exc
     finally:
         client.close()

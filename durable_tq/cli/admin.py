@@ -57,6 +57,9 @@ def _human_bytes(size: int) -> str:
 def migrate_database(
     db: DbPathOption = None,
     config_file: ConfigOption = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the database file if it does not exist.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Apply the schema migrations to the database file and print its schema version.
@@ -68,6 +71,11 @@ def migrate_database(
     if not path.parent.is_dir():
         raise UsageError(f"folder {path.parent} does not exist")
     existed = path.exists()
+    if not existed and not create:
+        raise UsageError(
+            f"database {path} does not exist; add --create to make a new one (the broker also "
+            "creates it when it first starts)"
+        )
     lock = store.DatabaseLock(path)
     try:
         lock.acquire()

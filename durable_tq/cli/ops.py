@@ -111,7 +111,7 @@ def stats(
     seconds: Annotated[
         float | None,
         typer.Argument(
-            metavar="[SECONDS]",
+            metavar="SECONDS",
             help="With --watch: seconds between refreshes (default 2).",
             show_default=False,
         ),
@@ -278,7 +278,8 @@ def worker_state(
     state: Annotated[
         WorkerCommandChoice,
         typer.Argument(
-            help="quiet: stop claiming; terminate: finish up and exit; running: carry on."
+            metavar="STATE",
+            help="quiet: stop claiming; terminate: finish up and exit; running: carry on.",
         ),
     ],
     json_output: JsonOption = False,

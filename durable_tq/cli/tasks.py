@@ -323,7 +323,10 @@ class _BulkOutcome:
     created: int = 0
     first_id: int | None = None
     last_id: int | None = None
+    #: The last line of the last batch the broker acknowledged.
     last_line: int = 0
+    #: The first line of the batch on the wire, while it is.
+    sending_line: int | None = None
 
 
 def _enqueue_file(
@@ -334,17 +337,17 @@ def _enqueue_file(
     batch_size: int,
     progress: Progress,
     total: int,
-) -> _BulkOutcome:
-    outcome = _BulkOutcome()
+    outcome: _BulkOutcome,
+) -> None:
+    """Send the file's payloads in batches; ``outcome`` says how far it got, even on error."""
     bar = progress.add_task(f"enqueue → {queue}", total=total)
     batch: list[dict[str, Any]] = []
     batch_lines: list[int] = []
 
     def flush() -> None:
-        try:
-            results = client.enqueue_many(batch)
-        except errors.DurableTQError as exc:
-            raise _BulkStopped(outcome, batch_lines[0], exc) from exc
+        outcome.sending_line = batch_lines[0]
+        results = client.enqueue_many(batch)
+        outcome.sending_line = None
         outcome.sent += len(results)
         outcome.created += sum(1 for r in results if r.created)
         if results:
@@ -365,15 +368,18 @@ def _enqueue_file(
                 flush()
     if batch:
         flush()
-    return outcome
 
 
-class _BulkStopped(Exception):
-    def __init__(self, outcome: _BulkOutcome, line: int, error: errors.DurableTQError) -> None:
-        super().__init__(str(error))
-        self.outcome = outcome
-        self.line = line
-        self.error = error
+def _report_partial_load(path: Path, outcome: _BulkOutcome) -> None:
+    """Say exactly what is in, so the operator can load the rest and nothing twice."""
+    where = f"lines up to {outcome.last_line}" if outcome.sent else "no lines"
+    message = f"{path}: enqueued {plural(outcome.sent, 'task')} ({where})"
+    if outcome.sending_line is not None:
+        message += (
+            f"; the batch starting at line {outcome.sending_line} failed and was not enqueued"
+            " (all-or-nothing, unless the connection broke after the broker received it)"
+        )
+    error_console().print(message)
 
 
 def _enqueue_bulk(
@@ -404,21 +410,15 @@ def _enqueue_bulk(
         transient=True,
         disable=json_output or not console.is_terminal,
     )
+    outcome = _BulkOutcome()
     started = time.monotonic()
     try:
         with progress:
-            outcome = _enqueue_file(client, path, queue, options, batch_size, progress,
-                                    check.good)
-    except _BulkStopped as stop:
-        done = stop.outcome
-        resume = f"lines up to {done.last_line} are in" if done.sent else "nothing is in"
-        raise errors.from_wire(
-            {
-                "code": stop.error.code,
-                "message": f"{stop.error.message} (enqueued {plural(done.sent, 'task')} before "
-                f"the batch starting at {path}:{stop.line}; {resume})",
-            }
-        ) from stop.error
+            _enqueue_file(client, path, queue, options, batch_size, progress, check.good,
+                          outcome)
+    except errors.DurableTQError:
+        _report_partial_load(path, outcome)
+        raise
     elapsed = time.monotonic() - started
     if json_output:
         print_json({
@@ -449,7 +449,7 @@ def enqueue(
     queue: QueueName,
     payload_json: Annotated[
         str | None,
-        typer.Argument(metavar="[PAYLOAD_JSON]", help="The payload, as JSON.", show_default=False),
+        typer.Argument(metavar="PAYLOAD_JSON", help="The payload, as JSON.", show_default=False),
     ] = None,
     from_file: Annotated[
         Path | None,
@@ -535,7 +535,7 @@ def enqueue(
 def requeue(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="[ID]...", help="Tasks to requeue (dead or cancelled ones).",
+        typer.Argument(metavar="ID", help="Tasks to requeue (dead or cancelled ones).",
                        show_default=False),
     ] = None,
     queue: Annotated[

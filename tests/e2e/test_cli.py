@@ -232,6 +232,23 @@ def test_enqueue_from_jsonl_reports_bad_lines(url: str, client: Client, tmp_path
     assert [t.payload for t in client.iter_tasks("q")] == [{"ok": 1}, [1, 2]]
 
 
+def test_enqueue_from_jsonl_stopped_part_way_says_where(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    path = tmp_path / "load.jsonl"
+    lines = [json.dumps({"n": n}) for n in range(4)] + [json.dumps("x" * 4096)]
+    path.write_text("\n".join(lines) + "\n")
+    with broker_in_thread(make_settings(max_frame_bytes=2048)) as server:
+        stderr = expect_exit(
+            invoke("enqueue", "q", "--from", str(path), "--batch-size", "2", "--url", server.url),
+            1,
+        )
+        assert "enqueued 4 tasks (lines up to 4)" in stderr
+        assert "starting at line 5" in stderr and "error: frame_too_large: " in stderr
+        with Client.from_url(server.url, timeout=LIMIT) as client:
+            assert [t.payload for t in client.iter_tasks("q")] == [{"n": n} for n in range(4)]
+
+
 def test_enqueue_usage_errors(url: str, tmp_path: Path) -> None:
     assert "not valid JSON" in expect_exit(invoke("enqueue", "q", "{nope", "--url", url), 2)
     expect_exit(invoke("enqueue", "q", "--url", url), 2)
@@ -370,7 +387,9 @@ def test_migrate_creates_upgrades_and_refuses(
     tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:
     fresh = tmp_path / "fresh.db"
-    report = ok_json("migrate", "--db", str(fresh))
+    assert "--create" in expect_exit(invoke("migrate", "--db", str(fresh)), 2)
+    assert not fresh.exists()
+    report = ok_json("migrate", "--db", str(fresh), "--create")
     assert report["created"] is True and report["from_version"] == 0
     assert report["version"] == report["latest_version"] >= 1
     assert report["applied"][0] == "0001_initial"
