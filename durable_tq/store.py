@@ -145,6 +145,7 @@ class Store:
         try:
             self._writer = await self._connect(readonly=False)
             await on_db_thread(self._writer, migrate.apply_migrations)
+            await self._check_writable(self._writer)
             for _ in range(self.settings.read_connections):
                 self._readers.append(await self._connect(readonly=True))
         except BaseException:
@@ -154,6 +155,17 @@ class Store:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._writer_loop, name="durable_tq store writer")
+
+    async def _check_writable(self, writer: aiosqlite.Connection) -> None:
+        """Take the write lock once: a file that another process keeps locked is refused at
+        start-up, clearly, instead of every write failing after busy_timeout later on (an
+        up-to-date WAL database needs no lock to open)."""
+        try:
+            await on_db_thread(writer, _take_write_lock)
+        except sqlite3.Error as exc:
+            raise storage_error(
+                exc, f"taking the write lock of {self.path} (is another process using it?)"
+            ) from exc
 
     async def close(self) -> None:
         """Finish every pending write, then close the connections and release the file."""
@@ -322,6 +334,11 @@ class Store:
     @property
     def pending_writes(self) -> int:
         return len(self._pending)
+
+
+def _take_write_lock(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")
 
 
 def _in_read_transaction(conn: sqlite3.Connection, fn: ReadFn[T]) -> T:
