@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Each import registers its commands on ``app``.
-from durable_tq.cli import admin, bench, ops, serve, tasks, worker  # noqa: F401
+from durable_tq.cli import admin, bench, ops, serve, tasks, torture, worker  # noqa: F401
 from durable_tq.cli._app import app
 
 

@@ -1,0 +1,162 @@
+"""The crash test, short: SIGKILL a real broker and its consumers under load, then check.
+
+The full run is ``durable-tq torture --kills 30`` (docs/guarantees.md); this one runs the
+same code for a few seconds. The checker itself is tested too: a checker that cannot fail
+proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from durable_tq import torture
+from durable_tq.torture import History, StoredTask, TortureConfig
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
+    seed = int(os.environ.get("DURABLE_TQ_TORTURE_SEED") or random.randrange(1 << 31))
+    workdir = tmp_path / "torture"
+    config = TortureConfig(
+        duration=10.0,
+        kills=3,
+        consumer_kills=2,
+        producers=1,
+        consumers=2,
+        rate=60.0,
+        lanes=3,
+        lease=1.0,
+        seed=seed,
+        workdir=workdir,
+        drain_timeout=60.0,
+    )
+    report = torture.run_torture(config)
+
+    failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
+    assert not failed, f"seed {seed} (DURABLE_TQ_TORTURE_SEED={seed} to repeat): {failed}"
+    counts = report.counts
+    assert counts["broker kills (SIGKILL)"] == 3
+    assert counts["consumer kills (SIGKILL)"] == 2
+    assert counts["enqueues ok"] > 50
+    assert counts["acks ok"] > 50
+
+    # The same histories against a database that lost one ok'd enqueue and one ok'd ack
+    # must fail: the checks can see a loss.
+    history = torture.read_history(workdir)
+    stored = torture.read_database(workdir / "torture.db")
+    lost_task = next(iter(history.enqueued))
+    acked_task = next(t for t in history.acked if t != lost_task)
+    del stored[lost_task]
+    stored[acked_task] = StoredTask("queued", stored[acked_task].uid, None)
+    verdicts = {c.name: c.passed for c in torture.check_history(history, stored)}
+    assert not verdicts["every ok'd enqueue is stored (no lost writes)"]
+    assert not verdicts["every ok'd ack is the stored one (acks durable)"]
+    assert not verdicts["every ok'd enqueue reached succeeded (at-least-once)"]
+
+
+def _write(path: Path, *lines: str) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_checker_accepts_a_clean_history(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "producer0.history",
+        "enqueue ok 1 p-1",
+        "enqueue unknown - p-2",  # no reply: may be stored or not
+        "enqueue ok 3 p-3",
+    )
+    _write(
+        tmp_path / "consumer0-g0.history",
+        "claim 1 1 tokA 110.000000 100.000000",
+        "ack unknown 1 tokA",  # no reply: redelivered after the lease, acked again
+        "claim 1 2 tokB 121.000000 111.000000",
+        "ack ok 1 tokB",
+        "claim 3 1 tokC 110.000000 100.000000",
+        "release ok 3 tokC",
+        "claim 3 1 tokD 111.000000 101.000000",  # released: may come back at once
+        "late_ack lease_lost 3 tokD",
+        "claim 3 2 tokE 125.000000 115.000000",
+        "ack ok 3 tokE",
+    )
+    history = torture.read_history(tmp_path)
+    stored = {
+        1: StoredTask("succeeded", "p-1", "tokB"),
+        3: StoredTask("succeeded", "p-3", "tokE"),
+    }
+    checks = torture.check_history(history, stored)
+    assert all(c.passed for c in checks), checks
+    assert history.redeliveries == 2
+    assert history.malformed == 0
+
+
+def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "producer0.history",
+        "enqueue ok 1 p-1",
+        "enqueue ok 2 p-2",  # lost
+        "enqueue ok 3 p-3",
+        "enqueue ok 4 p-4",  # stored, never ran
+        "enqueue ok 3 p-5",  # an id told twice
+    )
+    _write(
+        tmp_path / "consumer0-g0.history",
+        "claim 1 1 tokA 110.000000 100.000000",
+        "claim 1 2 tokB 120.000000 105.000000",  # handed out while tokA was held
+        "ack ok 1 tokA",
+        "ack ok 1 tokB",  # two ok'd acks
+        "claim 3 1 tokA 110.000000 100.000000",  # a token reused
+        "late_ack ok 3 tokA",  # an ack after the lease ended, accepted
+        "garbage",
+    )
+    history = torture.read_history(tmp_path)
+    stored = {
+        1: StoredTask("succeeded", "p-1", "tokB"),
+        3: StoredTask("succeeded", "p-3", "tokX"),
+        4: StoredTask("queued", "p-4", None),
+        5: StoredTask("succeeded", "p-1", None),  # one enqueue stored twice
+    }
+    verdicts = {c.name: c.passed for c in torture.check_history(history, stored)}
+    assert verdicts == {
+        "every ok'd enqueue is stored (no lost writes)": False,
+        "every ok'd enqueue reached succeeded (at-least-once)": False,
+        "at most one ok'd ack per task (fencing)": False,
+        "every ok'd ack is the stored one (acks durable)": True,
+        "acks after the lease ended are refused (fencing)": False,
+        "every claim got a fresh token and a lease of its own": False,
+        "no enqueue stored twice": False,
+    }
+    assert history.malformed == 1
+
+
+def test_integrity_check_reports_a_damaged_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "x.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    conn.execute("CREATE INDEX t_b ON t (b)")
+    conn.executemany("INSERT INTO t (b) VALUES (?)", [(f"v{i}" * 50,) for i in range(2000)])
+    conn.commit()
+    conn.close()
+    assert torture.integrity_check(db) == "ok"
+    assert torture.integrity_check(tmp_path / "missing.db") == "ok"
+    data = bytearray(db.read_bytes())
+    for offset in range(4096 * 3, len(data), 4096 * 2):  # scribble over every other page
+        data[offset + 100 : offset + 400] = os.urandom(300)
+    db.write_bytes(bytes(data))
+    assert torture.integrity_check(db) != "ok"
+
+
+def test_history_lines_survive_reading_a_partial_file(tmp_path: Path) -> None:
+    history_file = torture.HistoryFile(tmp_path / "p.history")
+    history_file.record("enqueue", "ok", 7, "p-7")
+    history_file.close()
+    (tmp_path / "q.history").write_text("enqueue ok 8")  # cut short
+    history: History = torture.read_history(tmp_path)
+    assert history.enqueued == {7: "p-7"}
+    assert history.malformed == 1
