@@ -8,14 +8,19 @@
     runner.py          one run: broker, control connection, measuring one scenario variant
     scenarios.py       the scenarios and their variants
     report.py          measurements, machine info, tables and JSON
+    merge.py           --repeat: medians over whole runs
+    profile.py         --profile: py-spy on the broker, summarized
 
 docs/benchmarks.md has the method, the figures, and where the time goes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
+from durable_tq.bench.merge import median_report
 from durable_tq.bench.report import Measurement, Report, render
 from durable_tq.bench.runner import Bench, BenchOptions
 from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
@@ -32,13 +37,20 @@ __all__ = [
 
 
 def run(options: BenchOptions, console: Console, *, show_progress: bool = True) -> Report:
-    """Run the chosen scenarios (in their fixed order) and return the report."""
+    """Run the chosen scenarios (in their fixed order), ``options.repeat`` times on a fresh
+    broker each; the report (of medians, when repeated)."""
     options = options.effective()
     unknown = [name for name in options.scenarios if name not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(unknown)}")
     chosen = [name for name in SCENARIOS if name in options.scenarios]
-    with Bench(options, console, show_progress=show_progress) as bench:
-        for name in chosen:
-            SCENARIOS[name](bench)
-    return bench.report
+    reports: list[Report] = []
+    for number in range(1, options.repeat + 1):
+        this_run = options
+        if options.repeat > 1 and options.profile_dir is not None:
+            this_run = replace(options, profile_dir=options.profile_dir / f"run{number}")
+        with Bench(this_run, console, show_progress=show_progress) as bench:
+            for name in chosen:
+                SCENARIOS[name](bench)
+        reports.append(bench.report)
+    return median_report(reports)

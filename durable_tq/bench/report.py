@@ -192,6 +192,9 @@ def throughput_table(measurements: Sequence[Measurement]) -> Table:
     table.add_column("variant")
     table.add_column("tasks", justify="right")
     table.add_column("tasks/s", justify="right", style="bold")
+    repeated = any(m.extra.get("runs") for m in measurements)
+    if repeated:
+        table.add_column("runs (min-max)", justify="right")
     table.add_column("commits", justify="right")
     table.add_column("tasks/commit", justify="right")
     table.add_column("broker CPU", justify="right")
@@ -200,20 +203,35 @@ def throughput_table(measurements: Sequence[Measurement]) -> Table:
     table.add_column("x SQLite 1-row", justify="right")
     table.add_column("% SQLite 100-row", justify="right")
     for m in measurements:
+        spread = []
+        if repeated:
+            rates = [run["throughput"] for run in m.extra.get("runs", [])]
+            spread = [f"{min(rates):,.0f}-{max(rates):,.0f}" if rates else "-"]
         table.add_row(
             m.scenario,
             m.variant,
             _num(m.tasks),
             _num(m.throughput),
+            *spread,
             _num(m.commits),
             _num(m.tasks_per_commit, 1),
             "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
-            "-" if m.loadgen_cpu_percent is None else f"{m.loadgen_cpu_percent:.0f}%",
+            _load_cpu(m),
             "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",
             _num(m.sqlite_fraction_1row, 1),
             "-" if m.sqlite_fraction_100row is None else f"{m.sqlite_fraction_100row:.0%}",
         )
     return table
+
+
+def _load_cpu(m: Measurement) -> str:
+    """The load processes' CPU, as a share of one core and per task (the client's cost)."""
+    if m.loadgen_cpu_percent is None:
+        return "-"
+    shown = f"{m.loadgen_cpu_percent:.0f}%"
+    if m.loadgen_cpu_us_per_task is not None:
+        shown += f" ({m.loadgen_cpu_us_per_task:,.0f} µs/task)"
+    return shown
 
 
 def latency_table(measurements: Sequence[Measurement]) -> Table:

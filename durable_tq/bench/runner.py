@@ -55,6 +55,7 @@ class BenchOptions:
     duration: float = 10.0
     limits_seconds: float = 2.0
     db_dir: Path | None = None
+    repeat: int = 1  # whole runs, each on a fresh broker; the report gives medians
     profile_dir: Path | None = None  # py-spy the broker during each measurement, keep it here
     claim_scaling_args: tuple[str, ...] = ()
 

@@ -40,6 +40,12 @@ def bench(
     duration: Annotated[
         float, typer.Option(min=0.1, help="Seconds the fixed-rate measurements last.")
     ] = 10.0,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Run everything this many times (a fresh broker each); report medians."
+        ),
+    ] = 1,
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny counts: only checks that the tool works.")
     ] = False,
@@ -111,6 +117,7 @@ def bench(
         rate=rate,
         duration=duration,
         db_dir=db_dir,
+        repeat=repeat,
         profile_dir=profile_dir,
         claim_scaling_args=tuple(claim_scaling_arg or ()),
     )
