@@ -110,7 +110,7 @@ def worker_command(
         str | None,
         typer.Option(
             envvar="DURABLE_TQ_URL",
-            help="Broker address, tcp://HOST:PORT or tls://HOST:PORT [default: the Worker's].",
+            help="Broker address, tcp://HOST:PORT or tls://HOST:PORT (default: the Worker's).",
             show_default=False,
         ),
     ] = None,
@@ -124,7 +124,7 @@ def worker_command(
     queues: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated queues [default: all with a handler].", show_default=False
+            help="Comma-separated queues (default: all with a handler).", show_default=False
         ),
     ] = None,
     grace: Annotated[
@@ -135,7 +135,9 @@ def worker_command(
     ] = None,
     worker_id: Annotated[
         str | None,
-        typer.Option(help="How the broker knows this worker [default: host-pid-random]."),
+        typer.Option(
+            help="How the broker knows this worker (default: the Worker's, else host-pid-random)."
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:

@@ -79,6 +79,8 @@ class Failed:
     delay: float | None = None
     #: The exception, for the log's traceback (None for timeouts and refused results).
     exc: BaseException | None = None
+    #: The handler asked for this (``Retry``): part of its plan, not a problem.
+    requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ Outcome = Succeeded | Failed | Released
 
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
-    if cls.__module__ in ("builtins", "__main__"):
+    if cls.__module__ in ("builtins", "__main__") or isinstance(exc, TaskControl):
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -131,7 +133,9 @@ def failure_from(exc: Exception, limit: int = MAX_ERROR_CHARS) -> Failed:
     """The outcome an exception from a handler stands for."""
     if isinstance(exc, Retry):
         text = f"Retry: {exc.reason}"
-        return Failed(_bounded(text, limit), summarize(exc), retry=True, delay=exc.delay)
+        return Failed(
+            _bounded(text, limit), summarize(exc), retry=True, delay=exc.delay, requested=True
+        )
     if isinstance(exc, Fail):
         text = f"Fail: {exc.reason}"
         cause = exc.__cause__

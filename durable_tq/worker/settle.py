@@ -122,13 +122,15 @@ class Settler:
                 timeout=timeout,
             )
             if result.state == "dead":
-                then = "no retry (Fail)" if not outcome.retry else "no attempts left"
-                fate = f"the task is dead ({then})"
+                why = "attempts used up" if outcome.retry else "no retry asked for"
+                fate = f"the task is dead ({why})"
             elif result.run_at is not None:
                 fate = f"retry in {max(result.run_at - time.time(), 0.0):.2f} s"
             else:
                 fate = "retry"
-            logger.warning(
+            level = logging.INFO if outcome.requested else logging.WARNING
+            logger.log(
+                level,
                 "%s: %s failed after %.3f s: %s; %s",
                 lease.about,
                 task.name,

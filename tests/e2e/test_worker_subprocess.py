@@ -29,6 +29,7 @@ from durable_tq.server import BrokerServer
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 LIMIT = 60.0
+EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "emails"
 
 APP = """
 import os
@@ -51,14 +52,28 @@ async def job(payload, ctx: TaskContext):
 """
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
 class WorkerProcess:
     """``python -m durable_tq worker app:worker`` in ``folder``, stderr to ``worker.log``."""
 
-    def __init__(self, folder: Path, url: str, *args: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        url: str,
+        *args: str,
+        target: str = "app:worker",
+        log: Path | None = None,
+    ) -> None:
         self.folder = folder
-        self.log_path = folder / "worker.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
-        command = [sys.executable, "-m", "durable_tq", "worker", "app:worker", "--url", url]
+        self.log_path = log or folder / "worker.log"
+        env = child_env()
+        command = [sys.executable, "-m", "durable_tq", "worker", target, "--url", url]
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 [*command, *args],
@@ -339,3 +354,29 @@ async def test_worker_cli_reports_a_bad_target(app_folder: Path) -> None:
     )
     assert result.returncode == 2
     assert b"no attribute 'nothing_here'" in result.stderr
+
+
+async def test_the_example_app(broker_url: str, tmp_path: Path) -> None:
+    """examples/emails: the worker and the producer, as the docs tell users to run them."""
+    example = EXAMPLE_APP
+    worker = WorkerProcess(example, broker_url, target="tasks:worker", log=tmp_path / "w.log")
+    try:
+        await worker.wait_for_log("connected to")
+        with anyio.fail_after(LIMIT):
+            result = await anyio.run_process(
+                [sys.executable, "producer.py"],
+                cwd=example,
+                env=child_env(DURABLE_TQ_URL=broker_url),
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        lines = result.stdout.decode().splitlines()
+        assert len(lines) == 5
+        assert "succeeded after 1 attempt(s)" in lines[0]
+        assert "succeeded after 2 attempt(s)" in lines[1]
+        assert "dead after 1 attempt(s): Fail: not an email address" in lines[2]
+        assert all("succeeded" in line for line in lines[3:])
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+    finally:
+        worker.kill()
