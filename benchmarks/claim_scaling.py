@@ -1,0 +1,715 @@
+"""Claim and enqueue cost vs. table size: the real Broker on an empty table and on a big one.
+
+The big table holds ``--rows`` tasks, ``--finished-fraction`` of them finished (succeeded or
+dead) and the rest queued across a few queues. It is filled directly with sqlite3 (the broker
+would need one request per row); the schema's triggers keep ``queue_counts`` exact meanwhile.
+Then the same measurements run against both tables through :class:`durable_tq.broker.Broker`:
+
+- enqueue, issued concurrently (group commit batches them) and one after another;
+- claim + ack, one task per claim, 32 per claim, and 32 per claim across several queues;
+- sweeps with nothing to do, and ``stats`` reads.
+
+Both brokers stay open and every phase runs in ``--rounds`` rounds, alternating between the two
+tables, so that load from elsewhere on the machine hits both alike. Besides the wall-clock rates
+(which include one commit, and with ``synchronous=FULL`` one fsync, per batch) it reports the
+time spent in the claim and enqueue SQL alone, on the database thread, which is where a growing
+table would show first. Finally it prints the query plans of the claim and sweep statements on
+the big table, and exits with status 1 if one of them scans the tasks table.
+
+    python benchmarks/claim_scaling.py --rows 1000000 --claims 5000 [--json results.json]
+
+Results and how to read them: docs/benchmarks.md, "Claim cost vs. table size".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.table import Table
+
+from durable_tq import protocol, queries
+from durable_tq.broker import Broker, Session
+from durable_tq.config import Settings, load_settings
+from durable_tq.sweeper import sweep_once
+
+CLAIM_QUEUE = "bench"
+OTHER_QUEUES = ("emails", "reports", "thumbnails")
+QUEUES = (CLAIM_QUEUE, *OTHER_QUEUES)
+BATCH = 32
+WARM_UP = 400
+WARM_UP_QUEUE = "warm-up"
+FILL_CHUNK = 200_000
+TOP_UP_CHUNK = 5_000
+PAYLOAD_PAD = "x" * 80  # payloads of about 100 bytes, like a small real task
+
+# The statements whose plans show whether claims and sweeps stay on their partial indexes.
+PLANNED = {
+    "LEASE_BEST_OF_QUEUE": {
+        "now": 0.0,
+        "lease": None,
+        "worker_id": None,
+        "queue": CLAIM_QUEUE,
+        "limit": BATCH,
+    },
+    "READY_IN_QUEUE": (CLAIM_QUEUE, BATCH),
+    "LEASE_IDS": {"now": 0.0, "lease": None, "worker_id": None, "ids": "[1, 2, 3]"},
+    "ACK": (None, 0.0, 0.0, 1, "token", 0.0),
+    "SWEEP_EXPIRED_LEASES": {"now": 0.0, "worker_deadline": 0.0},
+    "SWEEP_DUE": {"now": 0.0},
+    "SWEEP_RETENTION": {"cutoff": 0.0, "limit": 5000},
+    "SWEEP_FORGOTTEN_WORKERS": {"cutoff": 0.0},
+    "NEXT_DUE": (),
+    "NEXT_EXPIRY": (),
+}
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One timed phase: ``tasks`` tasks moved in ``seconds``; latencies of its calls."""
+
+    name: str
+    tasks: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list, repr=False)
+    sql: list[float] = field(default_factory=list, repr=False)
+    commits: int = 0
+
+    def add(self, other: Measurement) -> None:
+        self.tasks += other.tasks
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+        self.sql.extend(other.sql)
+        self.commits += other.commits
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds if self.seconds else math.inf
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tasks": self.tasks,
+            "seconds": round(self.seconds, 4),
+            "tasks_per_s": round(self.rate, 1),
+            "calls": len(self.latencies),
+            "p50_ms": _ms(percentile(self.latencies, 0.50)),
+            "p99_ms": _ms(percentile(self.latencies, 0.99)),
+            "sql_calls": len(self.sql),
+            "sql_p50_us": _us(percentile(self.sql, 0.50)),
+            "sql_p99_us": _us(percentile(self.sql, 0.99)),
+            "commits": self.commits,
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 3)
+
+
+def _us(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e6, 1)
+
+
+class SqlTimer:
+    """Times the broker's own DB-thread functions for claims and inserts (no commit, no fsync).
+
+    The wall-clock numbers include the commit of each group; these show the SQL alone, which is
+    what would grow if a statement stopped using its index.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.samples: list[float] = []
+        for name in ("_lease_tasks", "_insert"):
+            setattr(broker, name, self._timed(getattr(broker, name)))
+
+    def _timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.samples.append(time.perf_counter() - start)
+
+        return timed
+
+    def take(self) -> list[float]:
+        taken, self.samples = self.samples, []
+        return taken
+
+
+async def timed_phase(phase: Phase, broker: Broker, timer: SqlTimer) -> Measurement:
+    """Run one round of ``phase`` on ``broker``."""
+    timer.take()
+    commits = broker.store.stats.commits
+    latencies: list[float] = []
+    start = time.perf_counter()
+    tasks = await phase.run(broker, latencies)
+    seconds = time.perf_counter() - start
+    return Measurement(
+        phase.name, tasks, seconds, latencies, timer.take(), broker.store.stats.commits - commits
+    )
+
+
+def enqueue_request(queue: str, n: int) -> protocol.Enqueue:
+    return protocol.Enqueue(queue=queue, payload={"n": n, "pad": PAYLOAD_PAD})
+
+
+async def enqueue_concurrently(
+    broker: Broker, count: int, latencies: list[float], queue: str = CLAIM_QUEUE
+) -> int:
+    async def one(n: int) -> None:
+        start = time.perf_counter()
+        await broker.enqueue(enqueue_request(queue, n))
+        latencies.append(time.perf_counter() - start)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(count):
+            tg.start_soon(one, n)
+    return count
+
+
+async def enqueue_sequentially(broker: Broker, count: int, latencies: list[float]) -> int:
+    for n in range(count):
+        start = time.perf_counter()
+        await broker.enqueue(enqueue_request(CLAIM_QUEUE, n))
+        latencies.append(time.perf_counter() - start)
+    return count
+
+
+async def ack_all(broker: Broker, tasks: list[dict[str, Any]]) -> None:
+    """Ack every task concurrently, so the acks share a group commit."""
+
+    async def one(task: dict[str, Any]) -> None:
+        await broker.ack(protocol.Ack(task_id=task["task_id"], lease_token=task["lease_token"]))
+
+    if len(tasks) == 1:
+        await one(tasks[0])
+        return
+    async with anyio.create_task_group() as tg:
+        for task in tasks:
+            tg.start_soon(one, task)
+
+
+async def claim_and_ack(
+    broker: Broker, queues: list[str], per_claim: int, count: int, latencies: list[float]
+) -> int:
+    """Claim ``count`` tasks ``per_claim`` at a time, acking each claim's tasks before the next."""
+    session = Session(greeted=True)
+    done = 0
+    while done < count:
+        start = time.perf_counter()
+        reply = await broker.claim(
+            protocol.Claim(queues=queues, max=min(per_claim, count - done)), session
+        )
+        latencies.append(time.perf_counter() - start)
+        tasks = reply["tasks"]
+        if not tasks:
+            raise RuntimeError(f"ran out of ready tasks in {queues} after {done} claims")
+        await ack_all(broker, tasks)
+        done += len(tasks)
+    return done
+
+
+async def sweep_repeatedly(broker: Broker, count: int, latencies: list[float]) -> int:
+    for _ in range(count):
+        start = time.perf_counter()
+        now = time.time()
+        await broker.store.write(lambda conn, now=now: sweep_once(conn, broker, now))
+        latencies.append(time.perf_counter() - start)
+    return 0
+
+
+async def stats_repeatedly(broker: Broker, count: int, latencies: list[float]) -> int:
+    for _ in range(count):
+        start = time.perf_counter()
+        await broker.stats()
+        latencies.append(time.perf_counter() - start)
+    return 0
+
+
+async def ready_count(broker: Broker, queue: str) -> int:
+    stats = await broker.stats()
+    entry = stats["queues"].get(queue)
+    return 0 if entry is None else int(entry[protocol.TaskState.QUEUED])
+
+
+async def top_up(broker: Broker, queue: str, wanted: int) -> None:
+    """Make sure ``queue`` has at least ``wanted`` ready tasks (not timed)."""
+    missing = wanted - await ready_count(broker, queue)
+    while missing > 0:
+        chunk = min(missing, TOP_UP_CHUNK)
+        await broker.enqueue_many(
+            protocol.EnqueueMany(tasks=[enqueue_request(queue, n) for n in range(chunk)])
+        )
+        missing -= chunk
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kind of measurement; ``run`` does one round of it and returns the tasks it moved."""
+
+    name: str
+    run: Callable[[Broker, list[float]], Awaitable[int]]
+
+
+def per_round(total: int, rounds: int) -> int:
+    return max(1, math.ceil(total / rounds))
+
+
+def plan_phases(args: argparse.Namespace) -> list[Phase]:
+    claims = per_round(args.claims, args.rounds)
+    one_by_one = per_round(args.sequential_enqueues, args.rounds)
+    sweeps = per_round(args.sweeps, args.rounds)
+    return [
+        Phase(
+            f"enqueue, {args.enqueues} at once",
+            lambda b, lat: enqueue_concurrently(b, args.enqueues, lat),
+        ),
+        Phase("enqueue, one by one", lambda b, lat: enqueue_sequentially(b, one_by_one, lat)),
+        Phase("claim+ack, max=1", lambda b, lat: claim_and_ack(b, [CLAIM_QUEUE], 1, claims, lat)),
+        Phase(
+            f"claim+ack, max={BATCH}",
+            lambda b, lat: claim_and_ack(b, [CLAIM_QUEUE], BATCH, claims, lat),
+        ),
+        Phase(
+            f"claim+ack, max={BATCH}, {len(QUEUES)} queues",
+            lambda b, lat: claim_and_ack(b, list(QUEUES), BATCH, claims, lat),
+        ),
+        Phase("sweep, nothing due", lambda b, lat: sweep_repeatedly(b, sweeps, lat)),
+        Phase("stats read", lambda b, lat: stats_repeatedly(b, sweeps, lat)),
+    ]
+
+
+async def warm_up(broker: Broker, args: argparse.Namespace) -> None:
+    """Untimed: first-use costs paid on a queue of its own, and enough ready tasks to claim."""
+    await enqueue_concurrently(broker, WARM_UP, [], queue=WARM_UP_QUEUE)
+    await claim_and_ack(broker, [WARM_UP_QUEUE], 1, WARM_UP // 2, [])
+    await claim_and_ack(broker, [WARM_UP_QUEUE], BATCH, WARM_UP // 2, [])
+    claims = per_round(args.claims, args.rounds) * args.rounds
+    # Two single-queue phases drain CLAIM_QUEUE; the all-queues phase may take from any queue.
+    await top_up(broker, CLAIM_QUEUE, 3 * claims)
+    for queue in OTHER_QUEUES:
+        await top_up(broker, queue, claims)
+
+
+async def measure(
+    settings_by_label: dict[str, Settings], args: argparse.Namespace, console: Console
+) -> dict[str, list[Measurement]]:
+    """Every phase against every database, interleaved round by round.
+
+    Both brokers stay open and each phase runs on one database right after the other (in
+    alternating order), so a change in the machine's load during the run hits both alike.
+    """
+    phases = plan_phases(args)
+    results = {label: [Measurement(p.name, 0, 0.0) for p in phases] for label in settings_by_label}
+    async with contextlib.AsyncExitStack() as stack:
+        brokers: dict[str, tuple[Broker, SqlTimer]] = {}
+        for label, settings in settings_by_label.items():
+            broker = await stack.enter_async_context(Broker(settings))
+            await warm_up(broker, args)
+            brokers[label] = (broker, SqlTimer(broker))
+        order = list(brokers)
+        for round_number in range(1, args.rounds + 1):
+            for index, phase in enumerate(phases):
+                for label in order:
+                    broker, timer = brokers[label]
+                    results[label][index].add(await timed_phase(phase, broker, timer))
+            order.reverse()
+            console.log(f"round {round_number}/{args.rounds} done")
+    return results
+
+
+# --- the big table ------------------------------------------------------------------------------
+
+
+def fill_columns() -> list[str]:
+    """queries.INSERT_TASK's columns plus finished_at: the rows look like the broker's own."""
+    match = re.search(r"INSERT INTO tasks \(([^)]*)\)", queries.INSERT_TASK)
+    if match is None:
+        raise RuntimeError("cannot read the column list of queries.INSERT_TASK")
+    return [c.strip() for c in match.group(1).split(",")] + ["finished_at"]
+
+
+def fill_rows(
+    count: int, finished_fraction: float, rng: random.Random, now: float
+) -> Iterator[tuple[Any, ...]]:
+    """Rows in INSERT_TASK order + finished_at; finished ones finished within the last day."""
+    created = now - 2 * 86400.0
+    for n in range(count):
+        queue = QUEUES[n % len(QUEUES)]
+        payload = json.dumps({"n": n, "pad": PAYLOAD_PAD})
+        roll = rng.random()
+        if roll < finished_fraction:
+            state = "dead" if roll < finished_fraction * 0.05 else "succeeded"
+            finished_at: float | None = now - rng.random() * 86400.0
+            priority = 0
+        else:
+            state, finished_at, priority = "queued", None, rng.randrange(3)
+        yield (
+            queue,
+            state,
+            payload,
+            priority,
+            5,
+            30.0,
+            created,
+            created,
+            created,
+            None,
+            finished_at,
+        )
+
+
+def fill_table(db_path: Path, rows: int, finished_fraction: float, seed: int) -> float:
+    """Append ``rows`` tasks in large transactions; returns the seconds it took."""
+    columns = fill_columns()
+    sql = f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    rng = random.Random(seed)
+    now = time.time()
+    start = time.perf_counter()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        # A scratch database: no fsync while filling, a big cache for the index updates.
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -262144")
+        rows_left = rows
+        generator = fill_rows(rows, finished_fraction, rng, now)
+        while rows_left > 0:
+            chunk = min(rows_left, FILL_CHUNK)
+            conn.execute("BEGIN")
+            conn.executemany(sql, (next(generator) for _ in range(chunk)))
+            conn.execute("COMMIT")
+            rows_left -= chunk
+        conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in QUEUES])
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return time.perf_counter() - start
+
+
+def table_shape(db_path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        counts: dict[str, int] = {}
+        for state, n in conn.execute("SELECT state, sum(n) FROM queue_counts GROUP BY state"):
+            counts[state] = int(n)
+        counts["rows"] = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        return counts
+    finally:
+        conn.close()
+
+
+# --- query plans --------------------------------------------------------------------------------
+
+
+def query_plans(db_path: Path) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of the claim and sweep statements, as this database sees them."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        plans = {}
+        for name, params in PLANNED.items():
+            sql = getattr(queries, name)
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            plans[name] = [_indent(rows, row) + row[3] for row in rows]
+        return plans
+    finally:
+        conn.close()
+
+
+def _indent(rows: list[tuple[Any, ...]], row: tuple[Any, ...]) -> str:
+    depth, parent = 0, row[1]
+    ids = {r[0]: r[1] for r in rows}
+    while parent in ids:
+        depth += 1
+        parent = ids[parent]
+    return "  " * depth
+
+
+def full_scans(plans: dict[str, list[str]]) -> list[str]:
+    """Statements that read the whole tasks table (a plan step 'SCAN tasks' with no index)."""
+    return [
+        name
+        for name, steps in plans.items()
+        if any(re.fullmatch(r"\s*SCAN (tasks|t)\b(?!.*USING).*", step) for step in steps)
+    ]
+
+
+def partial_indexes(db_path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {
+            name: sql
+            for name, sql in conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'"
+                " AND sql LIKE '%WHERE%' ORDER BY name"
+            )
+        }
+    finally:
+        conn.close()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def settings_for(db_path: Path, args: argparse.Namespace) -> Settings:
+    return load_settings(
+        db_path=db_path, max_queue_depth=0, synchronous=args.synchronous, retention=7 * 86400.0
+    )
+
+
+def remove_database(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+
+
+async def prepare(db_path: Path, args: argparse.Namespace, rows: int) -> dict[str, Any]:
+    """A fresh database at ``db_path``: schema by the broker, then ``rows`` tasks written in."""
+    await anyio.to_thread.run_sync(remove_database, db_path)
+    async with Broker(settings_for(db_path, args)):
+        pass  # opening migrates the new file
+    info: dict[str, Any] = {"fill_seconds": 0.0}
+    if rows:
+        seconds = await anyio.to_thread.run_sync(
+            fill_table, db_path, rows, args.finished_fraction, args.seed
+        )
+        info["fill_seconds"] = round(seconds, 2)
+    info["before"] = await anyio.to_thread.run_sync(table_shape, db_path)
+    return info
+
+
+def inspect_database(db_path: Path) -> dict[str, Any]:
+    """Size, query plans and partial indexes of a database after its measurements."""
+    return {
+        "db_bytes": db_path.stat().st_size,
+        "plans": query_plans(db_path),
+        "partial_indexes": partial_indexes(db_path),
+    }
+
+
+async def run(args: argparse.Namespace, folder: Path, console: Console) -> dict[str, Any]:
+    report: dict[str, Any] = {"environment": environment(), "args": vars(args).copy()}
+    report["args"]["db"] = str(folder)
+    scenarios: dict[str, dict[str, Any]] = {}
+    paths: dict[str, Path] = {}
+    for label, rows in (("empty", 0), (f"{args.rows:,} rows", args.rows)):
+        paths[label] = folder / f"claim_scaling_{rows}.db"
+        console.log(f"[bold]{label}[/]: preparing {paths[label]}")
+        scenarios[label] = await prepare(paths[label], args, rows)
+        if rows:
+            info = scenarios[label]
+            console.log(f"filled {rows:,} rows in {info['fill_seconds']} s: {info['before']}")
+    settings = {label: settings_for(path, args) for label, path in paths.items()}
+    measured = await measure(settings, args, console)
+    for label, path in paths.items():
+        inspected = await anyio.to_thread.run_sync(inspect_database, path)
+        scenarios[label]["db_bytes"] = inspected.pop("db_bytes")
+        scenarios[label]["measurements"] = [m.summary() for m in measured[label]]
+        report.update(inspected)  # the last one wins: plans on the big table
+    report["scenarios"] = scenarios
+    report["full_scans"] = full_scans(report["plans"])
+    return report
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cost_ratio(empty: dict[str, Any], big: dict[str, Any]) -> float | None:
+    """Time per task (or per call, for phases that move no tasks) on big over empty."""
+    if empty["tasks"] and big["tasks"]:
+        return float(empty["tasks_per_s"]) / float(big["tasks_per_s"])
+    if empty["p50_ms"] and big["p50_ms"]:
+        return float(big["p50_ms"]) / float(empty["p50_ms"])
+    return None
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    labels = list(report["scenarios"])
+    base, big = (report["scenarios"][label]["measurements"] for label in labels)
+    table = Table(
+        title=f"Claim and enqueue cost: empty table vs. {labels[1]} "
+        f"(synchronous={report['args']['synchronous']})",
+        caption="tasks/s and latency are wall clock per call, commit included; SQL is the "
+        "broker's statements for the call on the database thread, without the commit. "
+        "cost x = time per task (per call for sweep/stats) on the big table / on the empty one; "
+        "SQL x = the same for the SQL p50.",
+    )
+    table.add_column("phase")
+    for label in labels:
+        table.add_column(f"{label}\ntasks/s", justify="right")
+        table.add_column(f"{label}\np50 / p99 ms", justify="right")
+        table.add_column(f"{label}\nSQL p50 / p99 us", justify="right")
+    table.add_column("cost x", justify="right")
+    table.add_column("SQL x", justify="right")
+    for a, b in zip(base, big, strict=True):
+        cells = [a["name"]]
+        for m in (a, b):
+            cells.append(_fmt(m["tasks_per_s"]) if m["tasks"] else "")
+            cells.append(f"{_fmt(m['p50_ms'], '.2f')} / {_fmt(m['p99_ms'], '.2f')}")
+            sql = f"{_fmt(m['sql_p50_us'], '.0f')} / {_fmt(m['sql_p99_us'], '.0f')}"
+            cells.append(sql if m["sql_calls"] else "")
+        cells.append(_fmt(cost_ratio(a, b), ".2f"))
+        sql_ratio = b["sql_p50_us"] / a["sql_p50_us"] if a["sql_calls"] else None
+        cells.append(_fmt(sql_ratio, ".2f"))
+        table.add_row(*cells)
+    console.print(table)
+
+    shapes = Table(title="Tables before the measurements")
+    shapes.add_column("table")
+    for column in ("rows", "succeeded", "dead", "queued", "fill s", "file MB after"):
+        shapes.add_column(column, justify="right")
+    for label, info in report["scenarios"].items():
+        before = info["before"]
+        shapes.add_row(
+            label,
+            *(f"{before.get(k, 0):,}" for k in ("rows", "succeeded", "dead", "queued")),
+            f"{info['fill_seconds']:.1f}",
+            f"{info['db_bytes'] / 1e6:,.0f}",
+        )
+    console.print(shapes)
+
+    console.print(f"[bold]Query plans on the {labels[1]} table[/]")
+    for name, steps in report["plans"].items():
+        console.print(f"[cyan]{name}[/]")
+        for step in steps:
+            console.print(f"    {step}", markup=False, highlight=False)
+    scans = report["full_scans"]
+    console.print(
+        f"[red]full table scans: {', '.join(scans)}[/]"
+        if scans
+        else "[green]no statement above scans the tasks table; each uses an index[/]"
+    )
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=positive, default=1_000_000, help="rows of the big table")
+    parser.add_argument(
+        "--finished-fraction",
+        type=fraction,
+        default=0.99,
+        help="share of the big table that is finished (succeeded/dead)",
+    )
+    parser.add_argument(
+        "--claims", type=positive, default=5000, help="tasks claimed and acked in each claim phase"
+    )
+    parser.add_argument(
+        "--enqueues",
+        type=positive,
+        default=4000,
+        help="enqueues issued at once in a task group, in every round",
+    )
+    parser.add_argument(
+        "--sequential-enqueues",
+        type=positive,
+        default=1000,
+        help="enqueues issued one after another",
+    )
+    parser.add_argument("--sweeps", type=positive, default=200, help="sweeps and stats reads timed")
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="folder for the benchmark databases (default: a temporary one, removed afterwards)",
+    )
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL", type=str.upper)
+    parser.add_argument(
+        "--rounds",
+        type=positive,
+        default=5,
+        help="rounds each phase is split into, alternating between the two tables",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON to PATH; without PATH, print JSON instead of tables",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=args.json == "-", log_path=False)
+    console.width = max(console.width, 150)  # the results table is wide; keep it whole in logs
+    if args.db is None:
+        folder = Path(tempfile.mkdtemp(prefix="durable_tq_claim_scaling_"))
+    else:
+        folder = args.db
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        report = anyio.run(run, args, folder, console)
+    finally:
+        if args.db is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        render(report, console)
+        if args.json is not None:
+            Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 1 if report["full_scans"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
