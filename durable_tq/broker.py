@@ -273,9 +273,8 @@ class Broker:
                 task.unique_key,
             ),
         )
-        if task.queue not in self.known_queues:
+        if task.queue not in self.known_queues:  # noted as known once committed
             conn.execute(queries.INSERT_QUEUE, (task.queue,))
-            self.known_queues.add(task.queue)
         assert cursor.lastrowid is not None
         return cursor.lastrowid, True
 
@@ -309,8 +308,10 @@ class Broker:
         }
 
     def _after_insert(self, tasks: list[NewTask]) -> None:
+        """After the commit: remember the queues, wake claims, or the sweeper for later runs."""
         ready: Counter[str] = Counter()
         for task in tasks:
+            self.known_queues.add(task.queue)
             if task.state == TaskState.QUEUED:
                 ready[task.queue] += 1
             else:
@@ -617,9 +618,9 @@ class Broker:
                 entry(name)[state] = n
             for name, counts in queues.items():
                 if counts[TaskState.QUEUED]:
-                    row = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()
-                    if row is not None:
-                        counts["oldest_queued_age"] = max(0.0, now - row[0])
+                    oldest = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()[0]
+                    if oldest is not None:
+                        counts["oldest_queued_age"] = max(0.0, now - oldest)
             workers = conn.execute(queries.LIVE_WORKERS, (alive_after,)).fetchone()[0]
             return queues, workers
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -39,8 +42,9 @@ class Settings(BaseSettings):
     port: int = Field(7480, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
-    auth_tokens: list[str] = Field(
-        default_factory=list, description="Accepted hello tokens; empty means no auth."
+    auth_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted hello tokens; empty means no auth. In the environment: a,b,c.",
     )
     max_connections: int = Field(1024, ge=1, description="Open connections at most.")
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="Longest request line.")
@@ -100,6 +104,20 @@ class Settings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _token_list(cls, value: Any) -> Any:
+        # From the environment: comma-separated, or a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list of strings: {exc}") from None
+            return [token.strip() for token in text.split(",") if token.strip()]
+        return value
 
     @field_validator("synchronous", mode="before")
     @classmethod
@@ -193,6 +211,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     _read_toml(path)  # fail on broken TOML with our own message
     try:
         return _settings_class(path)(**overrides)
+    except SettingsError as exc:  # a value the environment source could not even decode
+        raise errors.ConfigError(f"invalid settings: {exc}") from exc
     except ValidationError as exc:
         sources = value_sources(path, overrides)
         problems = []

@@ -182,9 +182,8 @@ GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"
 QUEUE_COUNTS = "SELECT queue, state, n FROM queue_counts WHERE n > 0"
 QUEUES = "SELECT name, paused FROM queues"
 
-OLDEST_QUEUED = """
-SELECT run_at FROM tasks WHERE queue = ? AND state = 'queued' ORDER BY id LIMIT 1
-"""
+# Reads every ready row of the queue (through tasks_queue_state): stats only, off the writer.
+OLDEST_QUEUED = "SELECT min(run_at) FROM tasks WHERE queue = ? AND state = 'queued'"
 
 # --- sweeps -----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 -- durable_tq schema, version 1: tasks, queues, workers and per-queue state counters.
 
 CREATE TABLE tasks (
-    id               INTEGER PRIMARY KEY,
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after deletes
     queue            TEXT    NOT NULL,
     state            TEXT    NOT NULL CHECK (state IN
                          ('scheduled', 'queued', 'leased', 'succeeded', 'dead', 'cancelled')),

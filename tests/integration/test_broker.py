@@ -589,3 +589,35 @@ async def test_retention_deletes_old_finished_tasks(make_settings: Callable[...,
         with pytest.raises(errors.NotFound):
             await broker.get(p.Get(task_id=old))
         assert await state_of(broker, keep) == "queued"
+
+
+async def test_task_ids_are_never_reused(broker: Broker) -> None:
+    await enqueue(broker, "a")
+    purged = await enqueue(broker, "b")
+    await broker.purge(p.Purge(queue="b"))
+    assert await enqueue(broker, "c") > purged
+
+
+async def test_a_refused_batch_does_not_leave_its_queue_unrecorded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with Broker(make_settings(max_queue_depth=1)) as broker:
+        with pytest.raises(errors.Busy):
+            await broker.enqueue_many(
+                p.EnqueueMany(tasks=[p.Enqueue(queue="fresh"), p.Enqueue(queue="fresh")])
+            )
+        await enqueue(broker, "fresh")
+        rows = await broker.store.read(
+            lambda conn: conn.execute("SELECT name FROM queues").fetchall()
+        )
+        assert rows == [("fresh",)]
+
+
+async def test_oldest_queued_age_is_the_longest_wait(broker: Broker) -> None:
+    first = await enqueue(broker, payload="a")
+    await enqueue(broker, payload="b")
+    (lease,) = await claim(broker)
+    await anyio.sleep(0.3)
+    await broker.fail(p.Fail(task_id=first, lease_token=lease["lease_token"], delay=0))
+    age = (await broker.stats())["queues"]["q"]["oldest_queued_age"]
+    assert age >= 0.3

@@ -78,3 +78,21 @@ def test_describe_masks_secrets() -> None:
     settings = config.load_settings(auth_tokens=["hunter2"])
     rows = {name: (value, source) for name, value, source in config.describe(settings, {})}
     assert "hunter2" not in rows["auth_tokens"][0]
+
+
+def test_auth_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DURABLE_TQ_AUTH_TOKENS", "a, b,c")
+    assert config.load_settings().auth_tokens == ["a", "b", "c"]
+    monkeypatch.setenv("DURABLE_TQ_AUTH_TOKENS", '["x,y", "z"]')
+    assert config.load_settings().auth_tokens == ["x,y", "z"]
+    monkeypatch.setenv("DURABLE_TQ_AUTH_TOKENS", "[broken")
+    with pytest.raises(errors.ConfigError, match="auth_tokens"):
+        config.load_settings()
+
+
+def test_a_complex_value_the_environment_cannot_decode_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DURABLE_TQ_TLS_CERT", "")  # an empty path is not a file
+    with pytest.raises(errors.ConfigError):
+        config.load_settings()
