@@ -185,7 +185,7 @@ def _root_reason(exc: BaseException) -> str:
             return current.strerror.lower() if current.strerror[:1].isupper() else current.strerror
         if isinstance(current, TimeoutError):
             return "timed out"
-        if isinstance(current, errors.DurableTQError) and current.code in _UNREACHABLE:
+        if isinstance(current, (errors.TooManyConnections, errors.ShuttingDown)):
             return describe_error(current)
         current = current.__cause__ or current.__context__
     return reason
@@ -304,11 +304,16 @@ def broker_client(options: BrokerOptions) -> Iterator[Client]:
             client_name="durable-tq-cli/0.1",
         )
     except (errors.ConnectionLost, errors.TooManyConnections, errors.ShuttingDown) as exc:
-        raise BrokerUnreachable(url, _root_reason(exc)) from exc
+        reason = _root_reason(exc)
+        if url.startswith("tcp://") and "during hello" in reason:
+            reason = "it closed the connection during hello (if it uses TLS, use tls://)"
+        raise BrokerUnreachable(url, reason) from exc
     except OSError as exc:  # TLS handshake failures surface as ssl.SSLError
         raise BrokerUnreachable(url, _root_reason(exc)) from exc
     try:
         yield client
+    except (errors.ShuttingDown, errors.TooManyConnections) as exc:
+        raise BrokerUnreachable(url, describe_error(exc)) from exc
     except errors.ConnectionLost as exc:
         refusal = exc.__cause__
         if isinstance(refusal, errors.DurableTQError) and refusal.code not in _UNREACHABLE:

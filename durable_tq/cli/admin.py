@@ -239,16 +239,14 @@ def backup(
     if json_output:
         print_json(report)
         return
-    stdout_console().print(
-        Text.assemble(
-            "backed up ", (str(source), "bold"), " to ", (str(target), "bold"), "\n",
-            f"{report['pages']:,} pages x {report['page_size']:,} bytes = "
-            f"{_human_bytes(int(report['bytes']))}, {plural(int(report['tasks']), 'task')}, "
-            f"schema version {report['schema_version']}, ",
-            ("integrity_check ok", "green"),
-            f", {report['seconds']:.2f}s",
-        )
+    console = stdout_console()
+    console.print(Text.assemble("backed up ", (str(source), "bold"), " to ", (str(target), "bold")))
+    console.print(
+        f"{_human_bytes(int(report['bytes']))} ({report['pages']:,} pages x "
+        f"{report['page_size']:,} bytes), {plural(int(report['tasks']), 'task')}, "
+        f"schema version {report['schema_version']}"
     )
+    console.print(Text.assemble(("integrity_check ok", "green"), f", {report['seconds']:.2f}s"))
 
 
 # --- config -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from anyio.from_thread import start_blocking_portal
 from typer.testing import CliRunner, Result
 
@@ -348,7 +349,8 @@ def _closed_port() -> int:
 def test_unreachable_broker_exits_3_naming_the_address() -> None:
     port = _closed_port()
     stderr = expect_exit(invoke("stats", "--url", f"tcp://127.0.0.1:{port}", "--timeout", "5"), 3)
-    assert stderr.startswith(f"error: cannot reach the broker at tcp://127.0.0.1:{port}")
+    assert stderr.startswith(f"error: cannot reach the broker at tcp://127.0.0.1:{port}: ")
+    assert "connection refused" in stderr
     assert stderr.count("\n") == 1
     # The address from the environment's settings, as the broker would read them.
     stderr = expect_exit(
@@ -370,6 +372,29 @@ def test_tokens_from_flag_env_and_config(
         config_file = tmp_path / "broker.toml"
         config_file.write_text(f'port = {server.port}\nauth_tokens = ["s3cret", "other"]\n')
         ok("stats", "--config", str(config_file))
+
+
+def test_tls_broker_with_cafile_or_its_own_config(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file, ca_file = (tmp_path / n for n in ("cert.pem", "key.pem", "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with broker_in_thread(make_settings(tls_cert=cert_file, tls_key=key_file)) as server:
+        assert server.url.startswith("tls://")
+        ok("stats", "--url", server.url, "--cafile", str(ca_file))
+        # The broker's own settings file: TLS is implied and its certificate is trusted.
+        config_file = tmp_path / "broker.toml"
+        config_file.write_text(
+            f'port = {server.port}\ntls_cert = "{cert_file}"\ntls_key = "{key_file}"\n'
+        )
+        assert ok_json("stats", "--config", str(config_file))["queues"] == {}
+        # Without a CA that vouches for the broker, the handshake fails: no broker to talk to.
+        stderr = expect_exit(invoke("stats", "--url", server.url, "--timeout", "5"), 3)
+        assert "certificate" in stderr.lower()
 
 
 def test_usage_errors_exit_2(url: str) -> None:
