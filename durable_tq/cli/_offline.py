@@ -52,7 +52,10 @@ def _read(conn: sqlite3.Connection, doing: str, fn: Any) -> Any:
 
 
 def stats(conn: sqlite3.Connection, worker_timeout: float) -> dict[str, Any]:
-    """The ``stats`` reply; ``connections`` is None (only a running broker knows it)."""
+    """The ``stats`` reply; ``connections`` is None (only a running broker knows it).
+
+    Mirrors ``Broker.stats`` (whose reading is a closure inside the method), query by query.
+    """
     now = time.time()
 
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def stats(conn: sqlite3.Connection, worker_timeout: float) -> dict[str, Any]:
         for name, counts in queues.items():
             if counts[TaskState.QUEUED]:
                 row = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()
-                if row is not None:
+                if row is not None and row[0] is not None:
                     counts["oldest_queued_age"] = max(0.0, now - row[0])
         workers = conn.execute(queries.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
         return {"queues": queues, "workers": workers, "connections": None}
