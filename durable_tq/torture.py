@@ -62,6 +62,8 @@ REQUEST_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 #: The harness looks at its processes this often.
 TICK = 0.02
+#: Mean time a restarted broker serves before its next kill, at least (seconds).
+MIN_SERVING = 1.0
 #: Share of broker kills that land while it starts up (recovers the file) instead of serving.
 STARTUP_KILL_SHARE = 0.15
 
@@ -169,6 +171,7 @@ async def _produce_lane(
     while not stop.is_set():
         size = 1 if rng.random() >= 0.1 else rng.randint(2, 5)
         uids = [f"{name}-{next(numbers)}" for _ in range(size)]
+        batch = uids[0] if size > 1 else "-"  # enqueue_many: all of it or nothing
         tasks = [
             {"queue": QUEUE, "payload": {"uid": uid, "pad": "x" * rng.randint(0, 200)},
              "max_attempts": MAX_ATTEMPTS}
@@ -182,12 +185,12 @@ async def _produce_lane(
         except errors.DurableTQError as exc:
             outcome = outcome_of(exc)
             for uid in uids:
-                history.record("enqueue", outcome, "-", uid)
+                history.record("enqueue", outcome, "-", uid, batch)
             if outcome == "unknown":
                 await anyio.sleep(0.05)
         else:
             for task_id, uid in zip(task_ids, uids, strict=True):
-                history.record("enqueue", "ok", task_id, uid)
+                history.record("enqueue", "ok", task_id, uid, batch)
         if rate > 0:
             await anyio.sleep(rng.expovariate(rate))
 
@@ -532,7 +535,8 @@ class _Torture:
         env.update(
             DURABLE_TQ_SWEEP_INTERVAL="0.2",
             DURABLE_TQ_HEARTBEAT_INTERVAL="1",
-            DURABLE_TQ_WORKER_TIMEOUT="5",
+            # Long: a lease ends by expiry or by its holder, so overlaps are exact to check.
+            DURABLE_TQ_WORKER_TIMEOUT="30",
             DURABLE_TQ_RETENTION="0",
             DURABLE_TQ_SYNCHRONOUS=self.config.synchronous,
             DURABLE_TQ_MAX_CONNECTIONS="4096",
@@ -634,7 +638,7 @@ class _Torture:
             return
         # Spread the kills left over the time left, less the time each restart takes.
         recovery = self.tally.recoveries[-1] if self.tally.recoveries else 1.0
-        mean_gap = max(0.3, (self.chaos_end - now) / left - recovery)
+        mean_gap = max(MIN_SERVING, (self.chaos_end - now) / left - recovery)
         self.next_broker_kill = now + self.rng.uniform(0.1, 2 * mean_gap)
 
     def _kill_broker(self) -> None:
@@ -661,6 +665,19 @@ class _Torture:
             self._watch_broker()
             time.sleep(TICK)
 
+    def _await_load(self) -> None:
+        """Wait (bounded) until every producer and consumer has been told something, so the
+        first kill lands under load rather than while the children are still importing."""
+        deadline = time.monotonic() + self.config.start_timeout
+        histories = [self.workdir / f"{c.name}.history" for c in [*self.producers, *self.consumers]]
+        while time.monotonic() < deadline:
+            if all(path.exists() and path.stat().st_size > 0 for path in histories):
+                return
+            self._watch_broker()
+            self._watch_children()
+            time.sleep(0.1)
+        self.say("not every child got going within start_timeout; starting the chaos anyway")
+
     def chaos(self) -> None:
         """Start everything, then kill the broker and consumers until the kills are done."""
         config = self.config
@@ -668,6 +685,7 @@ class _Torture:
         self._await_broker()
         for child in [*self.producers, *self.consumers]:
             child.start()
+        self._await_load()
         began = time.monotonic()
         self.chaos_end = began + config.duration
         self.chaos_on = True
@@ -747,6 +765,8 @@ class History:
     reused_ids: list[int] = field(default_factory=list)
     #: task_id -> lease tokens of the acks that got ok.
     acked: defaultdict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: First uid of an enqueue_many -> every uid it carried (whatever its outcome).
+    batches: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     #: (task_id, token) of acks sent after their lease ended that got ok.
     late_acks_ok: list[tuple[int, str]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -790,6 +810,8 @@ def _read_line(history: History, fields: list[str]) -> None:
     outcome = fields[1]
     if op in ("fail", "release"):
         history.handed_back.add(fields[3])
+    if op == "enqueue" and len(fields) > 4 and fields[4] != "-":
+        history.batches[fields[4]].append(fields[3])
     history.outcomes[f"{op} {outcome}"] += 1
     if outcome != "ok":
         return
@@ -880,6 +902,11 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
     overlaps = _lease_overlaps(history)
     uids = Counter(task.uid for task in stored.values())
     duplicated = [uid for uid, n in uids.items() if n > 1]
+    torn = [
+        f"{first} ({sum(uid in uids for uid in batch)} of {len(batch)} stored)"
+        for first, batch in history.batches.items()
+        if 0 < sum(uid in uids for uid in batch) < len(batch)
+    ]
     ok_enqueues = len(history.enqueued)
     return [
         Check(
@@ -921,6 +948,12 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
             f"{history.claims} claims, {len(reused_tokens)} tokens reused, "
             f"{len(overlaps)} handed out while leased"
             + (f": {_examples(overlaps)}" if overlaps else ""),
+        ),
+        Check(
+            "enqueue_many stored all or nothing",
+            not torn,
+            f"{len(history.batches)} enqueue_many requests, {len(torn)} torn"
+            + (f": {_examples(torn)}" if torn else ""),
         ),
         Check(
             "no enqueue stored twice",

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from durable_tq import torture as harness
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
 
 
@@ -51,6 +49,12 @@ def torture(
     no ok'd write lost, every ok'd task succeeded, no task acked twice.
     Exits 1 when any check fails.
     """
+    # Imported here: every command module is imported when any command runs, and a broker
+    # restarting after a crash should not pay for the harness.
+    from rich.console import Console
+
+    from durable_tq import torture as harness
+
     config = harness.TortureConfig(
         duration=duration,
         kills=kills,

@@ -42,8 +42,8 @@ def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
     counts = report.counts
     assert counts["broker kills (SIGKILL)"] == 3
     assert counts["consumer kills (SIGKILL)"] == 2
-    assert counts["enqueues ok"] > 50
-    assert counts["acks ok"] > 50
+    assert counts["enqueues ok"] >= 20
+    assert counts["acks ok"] >= 20
 
     # The same histories against a database that lost one ok'd enqueue and one ok'd ack
     # must fail: the checks can see a loss.
@@ -67,8 +67,10 @@ def test_checker_accepts_a_clean_history(tmp_path: Path) -> None:
     _write(
         tmp_path / "producer0.history",
         "enqueue ok 1 p-1",
-        "enqueue unknown - p-2",  # no reply: may be stored or not
-        "enqueue ok 3 p-3",
+        "enqueue unknown - p-2 -",  # no reply: may be stored or not
+        "enqueue ok 3 p-3 -",
+        "enqueue unknown - p-4 p-4",  # an enqueue_many without reply: none of it stored
+        "enqueue unknown - p-5 p-4",
     )
     _write(
         tmp_path / "consumer0-g0.history",
@@ -102,6 +104,8 @@ def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
         "enqueue ok 3 p-3",
         "enqueue ok 4 p-4",  # stored, never ran
         "enqueue ok 3 p-5",  # an id told twice
+        "enqueue unknown - p-6 p-6",  # an enqueue_many of p-6, p-7: only p-7 is stored
+        "enqueue unknown - p-7 p-6",
     )
     _write(
         tmp_path / "consumer0-g0.history",
@@ -119,6 +123,7 @@ def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
         3: StoredTask("succeeded", "p-3", "tokX"),
         4: StoredTask("queued", "p-4", None),
         5: StoredTask("succeeded", "p-1", None),  # one enqueue stored twice
+        7: StoredTask("succeeded", "p-7", None),
     }
     verdicts = {c.name: c.passed for c in torture.check_history(history, stored)}
     assert verdicts == {
@@ -128,6 +133,7 @@ def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
         "every ok'd ack is the stored one (acks durable)": True,
         "acks after the lease ended are refused (fencing)": False,
         "every claim got a fresh token and a lease of its own": False,
+        "enqueue_many stored all or nothing": False,
         "no enqueue stored twice": False,
     }
     assert history.malformed == 1
