@@ -156,11 +156,26 @@ def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail(exc.message, EXIT_USAGE)
         except errors.DurableTQError as exc:
             fail(describe_error(exc), EXIT_OPERATION_ERROR)
+        except BrokenPipeError:
+            # stdout went away (`| head`): nothing more can be said there; leave quietly.
+            _silence_stdout()
+            raise typer.Exit(EXIT_OPERATION_ERROR) from None
+        except OSError as exc:  # a file we were told to read or write: permissions, disk full
+            where = f": {exc.filename}" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}", EXIT_OPERATION_ERROR)
         except KeyboardInterrupt:
             error_console().print("interrupted")
             raise typer.Exit(130) from None
 
     return run
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 #: Broker refusals that mean "not available right now" rather than "this request is wrong".

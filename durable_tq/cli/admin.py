@@ -151,13 +151,16 @@ def _backup_to(source_path: Path, target: Path) -> dict[str, Any]:
     """
     source = store.open_readonly(source_path)
     try:
-        copy = sqlite3.connect(target, isolation_level=None)
+        try:
+            copy = sqlite3.connect(target, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise store.storage_error(exc, f"creating {target}") from exc
         try:
             source.backup(copy)
+        except sqlite3.Error as exc:
+            raise store.storage_error(exc, f"copying {source_path} to {target}") from exc
         finally:
             copy.close()
-    except sqlite3.Error as exc:
-        raise store.storage_error(exc, f"backing up {source_path}") from exc
     finally:
         source.close()
     return _verify(target)

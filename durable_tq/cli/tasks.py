@@ -290,14 +290,22 @@ def _payload_lines(stream: IO[str]) -> Iterator[tuple[int, Any | errors.BadReque
 
 def _check_jsonl(path: Path) -> _JsonlCheck:
     check = _JsonlCheck()
+    last_line = 0
     with _open_text(path) as stream:
-        for number, payload in _payload_lines(stream):
-            if isinstance(payload, errors.BadRequest):
-                check.bad_count += 1
-                if len(check.bad) < BAD_LINES_SHOWN:
-                    check.bad.append((number, payload.message))
-            else:
-                check.good += 1
+        try:
+            for number, payload in _payload_lines(stream):
+                last_line = number
+                if isinstance(payload, errors.BadRequest):
+                    check.bad_count += 1
+                    if len(check.bad) < BAD_LINES_SHOWN:
+                        check.bad.append((number, payload.message))
+                else:
+                    check.good += 1
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{path} is not UTF-8 text ({exc.reason} after line {last_line}); nothing was "
+                "enqueued"
+            ) from exc
     return check
 
 

@@ -257,6 +257,10 @@ def test_enqueue_usage_errors(url: str, tmp_path: Path) -> None:
     path = tmp_path / "one.jsonl"
     path.write_text("1\n")
     expect_exit(invoke("enqueue", "q", "--from", str(path), "--unique-key", "k", "--url", url), 2)
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'"ok"\n"caf\xe9"\n')
+    stderr = expect_exit(invoke("enqueue", "q", "--from", str(latin1), "--url", url), 2)
+    assert "not UTF-8" in stderr
 
 
 # --- requeue, cancel, pause, purge ---------------------------------------------------------------
