@@ -32,7 +32,7 @@ from rich.progress import (
 
 from durable_tq.bench import profile, wire
 from durable_tq.bench.broker_process import BrokerProcess, ResourceWatch, find_listening_pid
-from durable_tq.bench.fleet import Fleet
+from durable_tq.bench.fleet import Fleet, LoadError
 from durable_tq.bench.loadgen import LoadResult, LoadSpec
 from durable_tq.bench.report import MB, Latency, Measurement, Report, machine_info
 
@@ -287,7 +287,7 @@ class Bench:
 
         description = f"{variant.scenario} · {variant.variant}"
         recording = self._start_profile(variant)
-        with self.progress_task(description, variant.tasks) as advance:
+        with self.progress_task(description, variant.tasks) as advance, self._broker_blamed():
             results = Fleet(variant.specs).run(
                 before_start=before_start,
                 on_progress=lambda progress: advance(measured_done(progress)),
@@ -307,6 +307,21 @@ class Bench:
         self.purge(queue)
         self.report.measurements.append(measurement)
         return measurement
+
+    @contextmanager
+    def _broker_blamed(self) -> Iterator[None]:
+        """A load process failed because the broker died: say so, with the broker's log."""
+        try:
+            yield
+        except LoadError as exc:
+            broker = self.broker
+            code = None if broker is None or broker.proc is None else broker.proc.poll()
+            if broker is None or code is None:
+                raise
+            raise LoadError(
+                f"the broker exited (code {code}) during the measurement; its log ends:\n"
+                f"{broker.log_tail()}"
+            ) from exc
 
     def _start_profile(self, variant: Variant) -> profile.Recording | None:
         folder = self.options.profile_dir
