@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from durable_tq import config
+from durable_tq import config, errors
 from durable_tq.cli import _offline
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
 from durable_tq.cli._common import (
@@ -196,13 +196,44 @@ def _watch_or_once(
                 refreshes += 1
             return
         with Live(console=console, auto_refresh=False, transient=False) as live:
-            while count is None or refreshes < count:
-                if refreshes:
-                    time.sleep(interval)
-                live.update(stats_table(read(), f"{source} · every {interval:g}s"), refresh=True)
-                refreshes += 1
+            _watch_live(live, read, f"{source} · every {interval:g}s", interval, count)
     except KeyboardInterrupt:
         return  # Ctrl-C is how --watch ends
+
+
+#: Errors a watching table rides out (the broker restarting); it keeps trying every interval.
+_PASSING_TROUBLE = (errors.ConnectionLost, errors.ShuttingDown, errors.TooManyConnections)
+
+
+def _watch_live(
+    live: Live,
+    read: Callable[[], dict[str, Any]],
+    source: str,
+    interval: float,
+    count: int | None,
+) -> None:
+    """Redraw until ``count`` refreshes; a broker that goes away is shown, not fatal."""
+    refreshes = 0
+    last: RenderableType | None = None
+    trouble_since: float | None = None
+    while count is None or refreshes < count:
+        if refreshes:
+            time.sleep(interval)
+        refreshes += 1
+        try:
+            last = stats_table(read(), source)
+            trouble_since = None
+            live.update(last, refresh=True)
+        except _PASSING_TROUBLE as exc:
+            if last is None:
+                raise  # never reached it: report as any other command would
+            trouble_since = trouble_since or time.time()
+            warning = Text.assemble(
+                ("broker unreachable", "bold red"),
+                f" since {time.strftime('%H:%M:%S', time.localtime(trouble_since))} "
+                f"({exc.code}); retrying every {interval:g}s. Last counts:",
+            )
+            live.update(Group(warning, last), refresh=True)
 
 
 # --- workers ------------------------------------------------------------------------------------
