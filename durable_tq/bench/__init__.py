@@ -21,7 +21,7 @@ from dataclasses import replace
 from rich.console import Console
 
 from durable_tq.bench.merge import median_report
-from durable_tq.bench.report import Measurement, Report, render
+from durable_tq.bench.report import Measurement, Report, markdown, render
 from durable_tq.bench.runner import Bench, BenchOptions
 from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
@@ -31,6 +31,7 @@ __all__ = [
     "BenchOptions",
     "Measurement",
     "Report",
+    "markdown",
     "render",
     "run",
 ]

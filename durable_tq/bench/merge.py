@@ -64,14 +64,16 @@ def _median_limits(limits: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not present:
         return {}
     merged: dict[str, Any] = dict(present[0])
-    merged["runs"] = [
-        {
-            key: _median([entry["runs"][i][key] for entry in present])
-            for key in present[0]["runs"][i]
-        }
-        for i in range(len(present[0]["runs"]))
-    ]
-    for key in ("single_row_commits_per_second", "batched_rows_per_second"):
+    merged["runs"] = []
+    for i, first_run in enumerate(present[0]["runs"]):
+        values = {key: [entry["runs"][i][key] for entry in present] for key in first_run}
+        merged["runs"].append(
+            {
+                key: _median(found) if isinstance(first_run[key], int | float) else first_run[key]
+                for key, found in values.items()
+            }
+        )
+    for key in [k for k in present[0] if k.endswith("_per_second")]:
         merged[key] = _median([entry.get(key) for entry in present])
     return merged
 

@@ -176,6 +176,44 @@ class Report:
 # --- tables -------------------------------------------------------------------------------------
 
 
+@dataclass
+class Grid:
+    """A table as plain strings, shown with rich or as Markdown (``--markdown``)."""
+
+    title: str
+    headers: list[str]
+    right: set[int]  # right-aligned columns
+    rows: list[list[str]] = field(default_factory=list)
+    bold: int | None = None  # the column that matters most
+
+    def rich(self) -> Table:
+        table = Table(title=self.title, title_justify="left", header_style="bold")
+        for index, header in enumerate(self.headers):
+            table.add_column(
+                header,
+                justify="right" if index in self.right else "left",
+                style="bold" if index == self.bold else None,
+            )
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self) -> str:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", "<br>")
+
+        lines = [
+            f"**{self.title}**",
+            "",
+            "| " + " | ".join(cell(h) for h in self.headers) + " |",
+            "| "
+            + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers)))
+            + " |",
+        ]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -184,44 +222,6 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def _ms(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:,.1f}"
-
-
-def throughput_table(measurements: Sequence[Measurement]) -> Table:
-    table = Table(title="Throughput", title_justify="left", header_style="bold")
-    table.add_column("scenario")
-    table.add_column("variant")
-    table.add_column("tasks", justify="right")
-    table.add_column("tasks/s", justify="right", style="bold")
-    repeated = any(m.extra.get("runs") for m in measurements)
-    if repeated:
-        table.add_column("runs (min-max)", justify="right")
-    table.add_column("commits", justify="right")
-    table.add_column("tasks/commit", justify="right")
-    table.add_column("broker CPU", justify="right")
-    table.add_column("load CPU", justify="right")
-    table.add_column("broker RSS", justify="right")
-    table.add_column("x SQLite 1-row", justify="right")
-    table.add_column("% SQLite 100-row", justify="right")
-    for m in measurements:
-        spread = []
-        if repeated:
-            rates = [run["throughput"] for run in m.extra.get("runs", [])]
-            spread = [f"{min(rates):,.0f}-{max(rates):,.0f}" if rates else "-"]
-        table.add_row(
-            m.scenario,
-            m.variant,
-            _num(m.tasks),
-            _num(m.throughput),
-            *spread,
-            _num(m.commits),
-            _num(m.tasks_per_commit, 1),
-            "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
-            _load_cpu(m),
-            "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",
-            _num(m.sqlite_fraction_1row, 1),
-            "-" if m.sqlite_fraction_100row is None else f"{m.sqlite_fraction_100row:.0%}",
-        )
-    return table
 
 
 def _load_cpu(m: Measurement) -> str:
@@ -234,114 +234,178 @@ def _load_cpu(m: Measurement) -> str:
     return shown
 
 
-def latency_table(measurements: Sequence[Measurement]) -> Table:
-    table = Table(title="Latency (ms)", title_justify="left", header_style="bold")
-    table.add_column("scenario")
-    table.add_column("variant")
-    table.add_column("latency of")
-    table.add_column("p50", justify="right")
-    table.add_column("p95", justify="right")
-    table.add_column("p99", justify="right", style="bold")
-    table.add_column("max", justify="right")
-    table.add_column("samples", justify="right")
+def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
+    repeated = any(m.extra.get("runs") for m in measurements)
+    headers = ["scenario", "variant", "tasks", "tasks/s"]
+    if repeated:
+        headers.append("runs (min-max)")
+    headers += [
+        "commits",
+        "tasks/commit",
+        "broker CPU",
+        "load CPU",
+        "broker RSS",
+        "x SQLite 1-row",
+        "% SQLite 100-row",
+    ]
+    grid = Grid("Throughput", headers, set(range(2, len(headers))), bold=3)
+    for m in measurements:
+        spread = []
+        if repeated:
+            rates = [run["throughput"] for run in m.extra.get("runs", [])]
+            spread = [f"{min(rates):,.0f}-{max(rates):,.0f}" if rates else "-"]
+        grid.rows.append(
+            [
+                m.scenario,
+                m.variant,
+                _num(m.tasks),
+                _num(m.throughput),
+                *spread,
+                _num(m.commits),
+                _num(m.tasks_per_commit, 1),
+                "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
+                _load_cpu(m),
+                "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",
+                _num(m.sqlite_fraction_1row, 1),
+                "-" if m.sqlite_fraction_100row is None else f"{m.sqlite_fraction_100row:.0%}",
+            ]
+        )
+    return grid
+
+
+def latency_grid(measurements: Sequence[Measurement]) -> Grid:
+    headers = ["scenario", "variant", "latency of", "p50", "p95", "p99", "max", "samples"]
+    grid = Grid("Latency (ms)", headers, {3, 4, 5, 6, 7}, bold=5)
     for m in measurements:
         for latency in (m.latency, m.other_latency):
             if latency is None:
                 continue
-            table.add_row(
-                m.scenario,
-                m.variant,
-                latency.of,
-                _ms(latency.p50_ms),
-                _ms(latency.p95_ms),
-                _ms(latency.p99_ms),
-                _ms(latency.max_ms),
-                _num(latency.samples),
+            grid.rows.append(
+                [
+                    m.scenario,
+                    m.variant,
+                    latency.of,
+                    _ms(latency.p50_ms),
+                    _ms(latency.p95_ms),
+                    _ms(latency.p99_ms),
+                    _ms(latency.max_ms),
+                    _num(latency.samples),
+                ]
             )
-    return table
+    return grid
 
 
-def limits_table(limits: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"SQLite alone on the same disk (WAL, synchronous={limits.get('synchronous')})",
-        title_justify="left",
-        header_style="bold",
+def limits_grid(limits: dict[str, Any]) -> Grid:
+    headers = [
+        "schema",
+        "rows per commit",
+        "commits/s",
+        "rows/s",
+        "commit p50 ms",
+        "commit p99 ms",
+    ]
+    grid = Grid(
+        f"SQLite alone on the same disk (WAL, synchronous={limits.get('synchronous')})",
+        headers,
+        {1, 2, 3, 4, 5},
+        bold=3,
     )
-    table.add_column("rows per commit", justify="right")
-    table.add_column("commits/s", justify="right")
-    table.add_column("rows/s", justify="right", style="bold")
-    table.add_column("commit p50 ms", justify="right")
-    table.add_column("commit p99 ms", justify="right")
     for row in limits.get("runs", []):
-        table.add_row(
-            str(row["rows_per_commit"]),
-            _num(row["commits_per_second"]),
-            _num(row["rows_per_second"]),
-            _ms(row["commit_p50_ms"]),
-            _ms(row["commit_p99_ms"]),
+        grid.rows.append(
+            [
+                str(row.get("schema", "plain")),
+                str(row["rows_per_commit"]),
+                _num(row["commits_per_second"]),
+                _num(row["rows_per_second"]),
+                _ms(row["commit_p50_ms"]),
+                _ms(row["commit_p99_ms"]),
+            ]
         )
-    return table
+    return grid
 
 
-def profile_table(measurements: Sequence[Measurement]) -> Table:
-    """The broker's self time during each measurement (py-spy), by thread, area, function."""
-    table = Table(
-        title="Where the broker's time went (py-spy self time; --profile)",
-        title_justify="left",
-        header_style="bold",
-    )
-    table.add_column("scenario")
-    table.add_column("variant")
-    table.add_column("areas (all samples)")
-    table.add_column("threads (busy samples)")
-    table.add_column("functions (busy samples)")
+def profile_grid(measurements: Sequence[Measurement]) -> Grid:
+    """The broker's self time during each measurement (py-spy), by area, thread, function."""
+    headers = [
+        "scenario",
+        "variant",
+        "areas (all samples)",
+        "threads (busy samples)",
+        "functions (busy samples)",
+    ]
+    grid = Grid("Where the broker's time went (py-spy self time; --profile)", headers, set())
 
     def shares(rows: list[dict[str, Any]], count: int) -> str:
         return "\n".join(f"{r['percent']:.0f}% {r['name']}" for r in rows[:count])
 
     for m in measurements:
         summary = m.extra["profile"]
-        table.add_row(
-            m.scenario,
-            m.variant,
-            shares(summary["areas"], 6),
-            shares(summary["threads"], 2),
-            shares(summary["functions"], 6),
+        grid.rows.append(
+            [
+                m.scenario,
+                m.variant,
+                shares(summary["areas"], 6),
+                shares(summary["threads"], 2),
+                shares(summary["functions"], 6),
+            ]
         )
-    return table
+    return grid
 
 
-def render(report: Report, console: Console) -> None:
+def _grids(report: Report) -> list[Grid]:
+    grids = []
+    if report.limits.get("runs"):
+        grids.append(limits_grid(report.limits))
+    measured = [m for m in report.measurements if m.scenario != "limits"]
+    if measured:
+        grids += [throughput_grid(measured), latency_grid(measured)]
+    profiled = [m for m in measured if m.extra.get("profile")]
+    if profiled:
+        grids.append(profile_grid(profiled))
+    return grids
+
+
+def _summary_lines(report: Report) -> list[str]:
     machine = report.machine
     config = report.config
     disk = machine.get("disk", {})
-    console.print(
-        f"[bold]durable-tq bench[/]: {config['tasks']:,} tasks, {config['payload_bytes']} byte "
-        f"payloads, synchronous={config['synchronous']}, broker {report.broker.get('url', '?')}"
-    )
-    console.print(
+    lines = [
+        f"durable-tq bench: {config['tasks']:,} tasks, {config['payload_bytes']} byte payloads, "
+        f"synchronous={config['synchronous']}, broker {report.broker.get('url', '?')}",
         f"machine: {machine['nproc']} cores, {machine['memory_gb']} GB, Python "
         f"{machine['python']}, SQLite {machine['sqlite']}, disk {disk.get('device', '?')} "
         f"({disk.get('fstype', '?')}); load average {_loadavg(machine, 'loadavg_start')} at "
-        f"the start, {_loadavg(machine, 'loadavg_end')} at the end"
-    )
-    if report.limits.get("runs"):
-        console.print(limits_table(report.limits))
-    measured = [m for m in report.measurements if m.scenario != "limits"]
-    if measured:
-        console.print(throughput_table(measured))
-        console.print(latency_table(measured))
+        f"the start, {_loadavg(machine, 'loadavg_end')} at the end",
+    ]
+    return lines
+
+
+def _closing_lines(report: Report) -> list[str]:
+    lines = []
     peak = report.broker.get("rss_peak_mb")
     if peak is not None:
-        console.print(f"broker RSS: peak {peak:.0f} MB over the whole run (sampled every 50 ms)")
-    profiled = [m for m in measured if m.extra.get("profile")]
-    if profiled:
-        console.print(profile_table(profiled))
-    for m in measured:
-        for note in m.notes:
-            console.print(f"[dim]{m.scenario} ({m.variant}): {note}[/]")
-    for note in report.notes:
-        console.print(f"[dim]{note}[/]")
+        lines.append(f"broker RSS: peak {peak:.0f} MB over the whole run (sampled every 50 ms)")
+    for m in report.measurements:
+        lines += [f"{m.scenario} ({m.variant}): {note}" for note in m.notes]
+    return lines + report.notes
+
+
+def render(report: Report, console: Console) -> None:
+    """The report as rich tables."""
+    for line in _summary_lines(report):
+        console.print(line, markup=False)
+    for grid in _grids(report):
+        console.print(grid.rich())
+    for line in _closing_lines(report):
+        console.print(line, style="dim", markup=False)
+
+
+def markdown(report: Report) -> str:
+    """The report as Markdown (for docs/benchmarks.md)."""
+    parts = ["  \n".join(_summary_lines(report))]
+    parts += [grid.markdown() for grid in _grids(report)]
+    parts += ["\n".join(f"- {line}" for line in _closing_lines(report))]
+    return "\n\n".join(parts) + "\n"
 
 
 def _loadavg(machine: dict[str, Any], key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -87,6 +88,14 @@ def bench(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON document.")
     ] = False,
+    markdown_output: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print the report as Markdown tables (for the docs)."),
+    ] = False,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Also write the JSON report to this file.", show_default=False),
+    ] = None,
 ) -> None:
     """Measure how many tasks a second the broker moves and how long tasks wait.
 
@@ -134,8 +143,12 @@ def bench(
     except Exception as exc:  # a load process or the broker failed: say what, not a traceback
         error_console().print(f"error: the benchmark failed: {exc}")
         raise typer.Exit(EXIT_OPERATION_ERROR) from None
+    if save is not None:
+        save.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n")
     if json_output:
         print_json(report.to_json())
+    elif markdown_output:
+        sys.stdout.write(benchmark.markdown(report))
     else:
         console = stdout_console()
         if not sys.stdout.isatty():
