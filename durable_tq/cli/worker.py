@@ -158,6 +158,8 @@ def worker_command(
         raise _usage(str(exc)) from None
     try:
         worker.run_sync(handle_signals=True)
+    except KeyboardInterrupt:  # Ctrl-C before the worker was up (signals not yet handled)
+        raise typer.Exit(130) from None
     except errors.ConfigError as exc:
         raise _usage(str(exc)) from None
     except (errors.ConnectionLost, errors.ShuttingDown, errors.TooManyConnections) as exc:

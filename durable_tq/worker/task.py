@@ -96,7 +96,8 @@ class Task:
         self._context_style = _context_style(fn, self.name)
         self._producer = producer
         self.defaults: EnqueueOptions = defaults
-        functools.update_wrapper(self, fn)
+        # Name and docstring only: merging fn's __dict__ could overwrite our attributes.
+        functools.update_wrapper(self, fn, updated=())
 
     @property
     def takes_context(self) -> bool:

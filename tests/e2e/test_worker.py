@@ -142,6 +142,35 @@ async def test_a_sync_handler_can_extend_and_enqueue(broker_url: str, client: As
     assert [(t.state, t.result) for t in page.tasks] == [("succeeded", 50)]
 
 
+async def test_handler_shapes(broker_url: str, client: AsyncClient) -> None:
+    """Keyword-only ``ctx``, callable objects (sync and async) are handlers too."""
+    worker = make_worker(broker_url)
+
+    @worker.task("keyword")
+    async def keyword(payload: int, *, ctx: TaskContext) -> list[int]:
+        return [payload, ctx.attempt]
+
+    class Doubler:
+        def __call__(self, payload: int) -> int:
+            return payload * 2
+
+    class AsyncTripler:
+        async def __call__(self, payload: int, ctx: TaskContext) -> int:
+            return payload * 3
+
+    doubler = worker.task("double")(Doubler())
+    tripler = worker.task("triple")(AsyncTripler())
+    assert not doubler.is_async and tripler.is_async and tripler.takes_context
+
+    ids = [
+        (await keyword.enqueue(7)).task_id,
+        (await doubler.enqueue(7)).task_id,
+        (await tripler.enqueue(7)).task_id,
+    ]
+    await drain(worker)
+    assert [(await client.get(i)).result for i in ids] == [[7, 1], 14, 21]
+
+
 async def test_concurrency_bounds_tasks_running_at_once(
     broker_url: str, client: AsyncClient
 ) -> None:
