@@ -284,6 +284,10 @@ async def _finish(
             await _record(history, "extend", task, extend)
         op = "ack"
         call = client.ack(task.task_id, task.lease_token, {"attempt": task.attempt})
+    if op != "ack":
+        # Recorded before it goes out: if this process is killed before the reply is
+        # recorded, the history still shows that the lease may have ended early.
+        history.record(op, "sent", task.task_id, task.lease_token)
     await _record(history, op, task, call)
 
 
@@ -774,8 +778,8 @@ class History:
     leases: defaultdict[int, list[tuple[float, float, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    #: Tokens a fail or release was sent for (whatever its outcome): their lease may have
-    #: ended before it expired.
+    #: Tokens a fail or release was sent for (recorded before sending, whatever came back):
+    #: their lease may have ended before it expired.
     handed_back: set[str] = field(default_factory=set)
     claims: int = 0
     redeliveries: int = 0
@@ -810,6 +814,8 @@ def _read_line(history: History, fields: list[str]) -> None:
     outcome = fields[1]
     if op in ("fail", "release"):
         history.handed_back.add(fields[3])
+        if outcome == "sent":
+            return
     if op == "enqueue" and len(fields) > 4 and fields[4] != "-":
         history.batches[fields[4]].append(fields[3])
     history.outcomes[f"{op} {outcome}"] += 1

@@ -79,20 +79,24 @@ def test_checker_accepts_a_clean_history(tmp_path: Path) -> None:
         "claim 1 2 tokB 121.000000 111.000000",
         "ack ok 1 tokB",
         "claim 3 1 tokC 110.000000 100.000000",
+        "release sent 3 tokC",
         "release ok 3 tokC",
         "claim 3 1 tokD 111.000000 101.000000",  # released: may come back at once
         "late_ack lease_lost 3 tokD",
         "claim 3 2 tokE 125.000000 115.000000",
-        "ack ok 3 tokE",
+        "fail sent 3 tokE",  # killed before the reply: the fail may have been committed
+        "claim 3 3 tokF 135.000000 116.000000",
+        "ack ok 3 tokF",
     )
     history = torture.read_history(tmp_path)
     stored = {
         1: StoredTask("succeeded", "p-1", "tokB"),
-        3: StoredTask("succeeded", "p-3", "tokE"),
+        3: StoredTask("succeeded", "p-3", "tokF"),
     }
     checks = torture.check_history(history, stored)
     assert all(c.passed for c in checks), checks
-    assert history.redeliveries == 2
+    assert history.redeliveries == 3
+    assert history.outcomes["release ok"] == 1 and "fail sent" not in history.outcomes
     assert history.malformed == 0
 
 
