@@ -33,6 +33,7 @@ EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "emails"
 
 APP = """
 import os
+import time
 from pathlib import Path
 
 import anyio
@@ -48,6 +49,14 @@ async def job(payload, ctx: TaskContext):
     (HERE / "runs" / f"{ctx.task_id}-{ctx.attempt}").touch()
     while not (HERE / "go").exists():
         await anyio.sleep(0.05)
+    return payload
+
+
+@worker.task("blocking")
+def blocking(payload, ctx: TaskContext):
+    (HERE / "runs" / f"{ctx.task_id}-{ctx.attempt}").touch()
+    while not (HERE / "go").exists():  # a sync handler: nothing can interrupt this loop
+        time.sleep(0.05)
     return payload
 """
 
@@ -210,6 +219,21 @@ async def test_sigterm_releases_tasks_after_grace(
             await in_process_worker(broker_url, seen).drain()
         assert await all_states(client, ids) == ["succeeded"] * 3
         assert sorted(seen) == [(task_id, 1) for task_id in ids]  # released: attempt reused
+
+
+async def test_sigterm_does_not_wait_for_a_stuck_sync_handler(
+    broker_url: str, app_folder: Path, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A thread cannot be stopped: its task is released and the process exits anyway."""
+    async with AsyncClient.from_url(broker_url) as client:
+        task_id = (await client.enqueue("blocking", "x")).task_id
+        worker = start_worker(broker_url, "--grace", "0.3")
+        await until_runs(app_folder, 1)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+        assert "exiting without them" in worker.log()
+        task = await client.get(task_id)
+        assert (task.state, task.attempts) == ("queued", 0)
 
 
 async def test_second_sigterm_stops_at_once(
