@@ -78,6 +78,59 @@ def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
     }
 
 
+# --- reads shared with the offline CLI (``--db``): one definition of each answer ----------
+
+
+def read_task_page(
+    conn: sqlite3.Connection,
+    queue: str | None,
+    state: str | None,
+    limit: int,
+    after_id: int | None,
+) -> Result:
+    """One page of the ``list`` reply: tasks by id after ``after_id``, optionally filtered."""
+    clauses: list[str] = ["id > ?"]
+    params: list[Any] = [after_id or 0]
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    if state is not None:
+        clauses.append("state = ?")
+        params.append(state)
+    sql = (
+        f"SELECT {queries.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
+        " ORDER BY id LIMIT ?"
+    )
+    params.append(limit + 1)
+    rows = conn.execute(sql, params).fetchall()
+    page = rows[:limit]
+    next_after_id = page[-1][0] if len(rows) > limit else None
+    return {"tasks": [task_from_row(r) for r in page], "next_after_id": next_after_id}
+
+
+def read_stats(conn: sqlite3.Connection, now: float, worker_timeout: float) -> Result:
+    """The ``queues`` and ``workers`` fields of the ``stats`` reply."""
+    queues: dict[str, Result] = {}
+
+    def entry(name: str) -> Result:
+        if name not in queues:
+            queues[name] = {state.value: 0 for state in TaskState}
+            queues[name].update(paused=False, oldest_queued_age=None)
+        return queues[name]
+
+    for name, paused in conn.execute(queries.QUEUES):
+        entry(name)["paused"] = bool(paused)
+    for name, state, n in conn.execute(queries.QUEUE_COUNTS):
+        entry(name)[state] = n
+    for name, counts in queues.items():
+        if counts[TaskState.QUEUED]:
+            oldest = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()[0]
+            if oldest is not None:
+                counts["oldest_queued_age"] = max(0.0, now - oldest)
+    workers = conn.execute(queries.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
+    return {"queues": queues, "workers": workers}
+
+
 class Broker:
     """The queue: enqueue, claim, ack, fail and the rest, durable through :class:`Store`.
 
@@ -579,59 +632,22 @@ class Broker:
         return {"task": task_from_row(row)}
 
     async def list(self, req: protocol.List, session: Session | None = None) -> Result:
-        clauses: list[str] = ["id > ?"]
-        params: list[Any] = [req.after_id or 0]
-        if req.queue is not None:
-            clauses.append("queue = ?")
-            params.append(req.queue)
-        if req.state is not None:
-            clauses.append("state = ?")
-            params.append(req.state)
-        sql = (
-            f"SELECT {queries.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
-            " ORDER BY id LIMIT ?"
+        return await self.store.read(
+            lambda conn: read_task_page(conn, req.queue, req.state, req.limit, req.after_id)
         )
-        params.append(req.limit + 1)
-        rows = await self.store.read(lambda conn: conn.execute(sql, params).fetchall())
-        page = rows[: req.limit]
-        next_after_id = page[-1][0] if len(rows) > req.limit else None
-        return {"tasks": [task_from_row(r) for r in page], "next_after_id": next_after_id}
 
     async def stats(
         self, req: protocol.Stats | None = None, session: Session | None = None
     ) -> Result:
-        now = time.time()
-        alive_after = now - self.settings.worker_timeout
-
-        def read(conn: sqlite3.Connection) -> tuple[dict[str, Result], int]:
-            queues: dict[str, Result] = {}
-
-            def entry(name: str) -> Result:
-                if name not in queues:
-                    queues[name] = {state.value: 0 for state in TaskState}
-                    queues[name].update(paused=False, oldest_queued_age=None)
-                return queues[name]
-
-            for name, paused in conn.execute(queries.QUEUES):
-                entry(name)["paused"] = bool(paused)
-            for name, state, n in conn.execute(queries.QUEUE_COUNTS):
-                entry(name)[state] = n
-            for name, counts in queues.items():
-                if counts[TaskState.QUEUED]:
-                    oldest = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()[0]
-                    if oldest is not None:
-                        counts["oldest_queued_age"] = max(0.0, now - oldest)
-            workers = conn.execute(queries.LIVE_WORKERS, (alive_after,)).fetchone()[0]
-            return queues, workers
-
-        queues, workers = await self.store.read(read)
-        return {
-            "queues": queues,
-            "workers": workers,
-            "connections": self.connections,
-            # Optional (PROTOCOL.md allows additions): group-commit counters, for benchmarks.
-            "store": {"commits": self.store.stats.commits, "writes": self.store.stats.writes},
+        timeout = self.settings.worker_timeout
+        result = await self.store.read(lambda conn: read_stats(conn, time.time(), timeout))
+        result["connections"] = self.connections
+        result["store"] = {
+            "commits": self.store.stats.commits,
+            "writes": self.store.stats.writes,
+            "largest_batch": self.store.stats.largest_batch,
         }
+        return result
 
     # --- operating ----------------------------------------------------------------------------
 

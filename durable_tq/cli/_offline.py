@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from durable_tq import broker, errors, migrate, queries, store
-from durable_tq.protocol import TaskState
 
 
 @contextmanager
@@ -52,34 +51,12 @@ def _read(conn: sqlite3.Connection, doing: str, fn: Any) -> Any:
 
 
 def stats(conn: sqlite3.Connection, worker_timeout: float) -> dict[str, Any]:
-    """The ``stats`` reply; ``connections`` is None (only a running broker knows it).
-
-    Mirrors ``Broker.stats`` (whose reading is a closure inside the method), query by query.
-    """
+    """The ``stats`` reply; ``connections`` is None (only a running broker knows it)."""
     now = time.time()
-
-    def read(conn: sqlite3.Connection) -> dict[str, Any]:
-        queues: dict[str, dict[str, Any]] = {}
-
-        def entry(name: str) -> dict[str, Any]:
-            if name not in queues:
-                queues[name] = {state.value: 0 for state in TaskState}
-                queues[name].update(paused=False, oldest_queued_age=None)
-            return queues[name]
-
-        for name, paused in conn.execute(queries.QUEUES):
-            entry(name)["paused"] = bool(paused)
-        for name, state, n in conn.execute(queries.QUEUE_COUNTS):
-            entry(name)[state] = n
-        for name, counts in queues.items():
-            if counts[TaskState.QUEUED]:
-                row = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()
-                if row is not None and row[0] is not None:
-                    counts["oldest_queued_age"] = max(0.0, now - row[0])
-        workers = conn.execute(queries.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
-        return {"queues": queues, "workers": workers, "connections": None}
-
-    result: dict[str, Any] = _read(conn, "reading stats", read)
+    result: dict[str, Any] = _read(
+        conn, "reading stats", lambda c: broker.read_stats(c, now, worker_timeout)
+    )
+    result["connections"] = None
     return result
 
 
@@ -91,23 +68,12 @@ def list_tasks(
     after_id: int | None,
 ) -> dict[str, Any]:
     """One page of the ``list`` reply, as the broker pages it."""
-    clauses = ["id > ?"]
-    params: list[Any] = [after_id or 0]
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    if state is not None:
-        clauses.append("state = ?")
-        params.append(state)
-    sql = (
-        f"SELECT {queries.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
-        " ORDER BY id LIMIT ?"
+    page: dict[str, Any] = _read(
+        conn,
+        "listing tasks",
+        lambda c: broker.read_task_page(c, queue, state, limit, after_id),
     )
-    params.append(limit + 1)
-    rows = _read(conn, "listing tasks", lambda c: c.execute(sql, params).fetchall())
-    page = rows[:limit]
-    next_after_id = page[-1][0] if len(rows) > limit else None
-    return {"tasks": [broker.task_from_row(r) for r in page], "next_after_id": next_after_id}
+    return page
 
 
 def get_task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
