@@ -3,7 +3,8 @@
 :func:`run_torture` starts ``python -m durable_tq serve`` on one database file and one fixed
 port, producer processes that enqueue tasks (each payload carries a unique id) and consumer
 processes that claim, ack, fail, release, extend, abandon and ack too late. Every reply a
-child gets is appended to its history file before it goes on. Meanwhile the harness
+child gets is appended to its history file before it goes on (and a fail or release also
+before it is sent, as Jepsen records invocations). Meanwhile the harness
 SIGKILLs the broker at random moments (running ``PRAGMA integrity_check`` on the file while
 it is down, then restarting it on the same file and port) and SIGKILLs consumers (starting
 new ones). Then the chaos stops, the queue is drained, the broker is stopped, and the
@@ -12,6 +13,8 @@ database is opened read-only and held against the histories:
 * every enqueue that got ``ok`` is stored (no lost writes) and reached ``succeeded``;
 * no task got ``ok`` for two acks, and every ``ok`` ack is the one stored (fencing);
 * an ack sent after its lease ran out was refused;
+* every claim got a fresh token, and no task was claimed while another lease on it held;
+* each ``enqueue_many`` is stored whole or not at all, and nothing is stored twice;
 * the file passed ``integrity_check`` after every kill.
 
 Only ``ok`` replies are promises. A request whose connection broke before its reply is
@@ -1064,8 +1067,8 @@ def remove_workdir(report: TortureReport) -> None:
     shutil.rmtree(report.workdir, ignore_errors=True)
 
 
-def render(report: TortureReport, out: TextIO | None = None) -> None:
-    """Print the report as two rich tables (checks, counts)."""
+def render(report: TortureReport, out: TextIO | None = None, *, kept: bool = True) -> None:
+    """Print the report as two rich tables (checks, counts) and the verdict."""
     from rich.console import Console
     from rich.table import Table
 
@@ -1086,7 +1089,7 @@ def render(report: TortureReport, out: TextIO | None = None) -> None:
     console.print(checks)
     console.print(counts)
     verdict = "[green]all checks passed[/]" if report.passed else "[bold red]CHECKS FAILED[/]"
-    console.print(f"{verdict} (files in {report.workdir})")
+    console.print(verdict + (f" (files kept in {report.workdir})" if kept else ""))
 
 
 __all__ = [

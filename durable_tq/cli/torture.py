@@ -73,12 +73,13 @@ def torture(
         errors_console.print(f"[dim]torture: {message}[/]", highlight=False)
 
     report = harness.run_torture(config, progress=progress)
+    kept = not report.passed or keep or workdir is not None
+    if not kept:
+        harness.remove_workdir(report)
     if as_json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
+        json.dump({**report.to_dict(), "workdir_kept": kept}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        harness.render(report)
-    if report.passed and not keep and workdir is None:
-        harness.remove_workdir(report)
+        harness.render(report, kept=kept)
     if not report.passed:
         raise typer.Exit(EXIT_OPERATION_ERROR)

@@ -7,39 +7,40 @@ proves nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from durable_tq import torture
-from durable_tq.torture import History, StoredTask, TortureConfig
+from durable_tq.torture import History, StoredTask
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
+    """``durable-tq torture`` itself, as a user runs it, only shorter."""
     seed = int(os.environ.get("DURABLE_TQ_TORTURE_SEED") or random.randrange(1 << 31))
     workdir = tmp_path / "torture"
-    config = TortureConfig(
-        duration=10.0,
-        kills=3,
-        consumer_kills=2,
-        producers=1,
-        consumers=2,
-        rate=60.0,
-        lanes=3,
-        lease=1.0,
-        seed=seed,
-        workdir=workdir,
-        drain_timeout=60.0,
-    )
-    report = torture.run_torture(config)
+    command = [
+        sys.executable, "-m", "durable_tq", "torture", "--json",
+        "--duration", "10", "--kills", "3", "--consumer-kills", "2",
+        "--producers", "1", "--consumers", "2", "--rate", "60", "--lease", "1",
+        "--seed", str(seed), "--workdir", str(workdir),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=140, env=env)
+    report = json.loads(result.stdout)
 
-    failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
+    failed = [f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
     assert not failed, f"seed {seed} (DURABLE_TQ_TORTURE_SEED={seed} to repeat): {failed}"
-    counts = report.counts
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report["passed"] is True and report["workdir_kept"] is True
+    counts = report["counts"]
     assert counts["broker kills (SIGKILL)"] == 3
     assert counts["consumer kills (SIGKILL)"] == 2
     assert counts["enqueues ok"] >= 20
