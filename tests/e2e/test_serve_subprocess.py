@@ -6,9 +6,11 @@ nothing but the broker. ``serve_subprocess`` starts ``python -m durable_tq serve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -259,3 +261,34 @@ async def test_restart_on_the_same_port(
     assert broker.url == url and broker.starts == 2
     async with raw_connect(broker.url) as conn:
         assert (await conn.request("stats"))["ok"]
+
+
+async def test_second_signal_exits_at_once(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect
+) -> None:
+    """A client that never reads its replies holds up the graceful shutdown (its replies
+    cannot be delivered); a second SIGTERM ends the broker at once (exit code 128 + 15)."""
+    broker = serve_subprocess()
+    async with raw_connect(broker.url) as conn:
+        big = await conn.request("enqueue", queue="big", payload="x" * 500_000)
+    request = json.dumps({"op": "get", "task_id": big["task_id"]}).encode() + b"\n"
+    with socket.create_connection(("127.0.0.1", broker.port)) as sock:
+        sock.setblocking(False)
+        sock.send(b'{"id":0,"op":"hello","version":1}\n')
+        with anyio.fail_after(60):
+            while True:  # until the broker stops reading us
+                try:
+                    sock.send(request * 1000)
+                except BlockingIOError:
+                    break
+                await anyio.sleep(0.01)
+        broker.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while True:  # the first signal has been handled
+                if "stopping gracefully" in broker.log_text():
+                    break
+                await anyio.sleep(0.05)
+        broker.send_signal(signal.SIGTERM)
+        code = await anyio.to_thread.run_sync(broker.wait)
+    assert code == 128 + signal.SIGTERM, broker.log_text()[-2000:]
+    assert "exiting at once" in broker.log_text()
