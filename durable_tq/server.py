@@ -1,11 +1,14 @@
 """The broker's network front: accept, TLS, hello/auth, framing, limits, dispatch, shutdown.
 
 One task per connection reads newline-delimited JSON frames; after ``hello`` every request
-runs as its own task (so a parked ``claim`` does not hold up the requests behind it) and
-every reply goes out through one lock, a whole line at a time. Backpressure is plain: a
-connection with ``max_inflight`` unanswered requests is not read from until one is answered,
-and a reply that cannot be written (a peer that does not read) keeps its slot, so a slow
-reader ends up blocking only itself and TCP pushes back on it.
+runs as its own task (so a parked ``claim`` does not hold up the requests behind it), and
+one writer task per connection sends the replies, whole lines, all that are waiting in one
+write. Backpressure is plain: a connection with ``max_inflight`` unanswered requests is not
+read from until one is answered, and a reply that cannot be written (a peer that does not
+read) keeps its slot, so a slow reader ends up blocking only itself and TCP pushes back on it.
+
+A claim that ends without its reply going out (the peer left, ``bye``, shutdown) hands the
+tasks it leased straight back (``release``), so they do not wait for their leases to expire.
 
 Shutdown (:meth:`BrokerServer.request_shutdown`) stops accepting, ends parked claims with
 ``shutting_down``, lets the requests already read finish and answer, answers anything read
@@ -507,9 +510,13 @@ class BrokerServer:
         self._ssl_context = self._make_ssl_context()
         await self.broker.open()
         try:
-            listener = await anyio.create_tcp_listener(
-                local_host=self.settings.host, local_port=self.settings.port
-            )
+            try:
+                listener = await anyio.create_tcp_listener(
+                    local_host=self.settings.host, local_port=self.settings.port
+                )
+            except OSError as exc:
+                where = f"{self.settings.host}:{self.settings.port}"
+                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
             self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             async with anyio.create_task_group() as background:
                 background.start_soon(Sweeper(self.broker).run, name="durable_tq sweeper")

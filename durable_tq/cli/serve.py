@@ -60,6 +60,9 @@ def serve(
     except errors.ConfigError as exc:
         typer.echo(f"durable-tq serve: {exc.message}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    except (errors.DurableTQError, OSError) as exc:
-        typer.echo(f"durable-tq serve: cannot run the broker: {exc}", err=True)
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        typer.echo(f"durable-tq serve: {exc.strerror or exc}", err=True)
+        raise typer.Exit(EXIT_OPERATION_ERROR) from None
+    except errors.DurableTQError as exc:  # storage failed while opening the database
+        typer.echo(f"durable-tq serve: cannot run the broker: {exc.message}", err=True)
         raise typer.Exit(EXIT_OPERATION_ERROR) from None

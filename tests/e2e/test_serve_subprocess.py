@@ -292,3 +292,25 @@ async def test_second_signal_exits_at_once(
         code = await anyio.to_thread.run_sync(broker.wait)
     assert code == 128 + signal.SIGTERM, broker.log_text()[-2000:]
     assert "exiting at once" in broker.log_text()
+
+
+async def test_port_in_use_exits_1_with_one_line(
+    serve_subprocess: ServeSubprocess, tmp_path: Path
+) -> None:
+    first = serve_subprocess()
+    command = [sys.executable, "-m", "durable_tq", "serve", "--port", str(first.port)]
+    result = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [*command, "--db", "other.db"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    expected = f"cannot listen on 127.0.0.1:{first.port}: Address already in use"
+    assert last == f"durable-tq serve: {expected}"
+    assert "Traceback" not in result.stderr
