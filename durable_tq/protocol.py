@@ -55,6 +55,10 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
 Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# Enum fields take their string values from Python objects too (strict mode alone would want
+# enum instances there); from JSON it makes no difference.
+StateName = Annotated[TaskState, Field(strict=False)]
+CommandName = Annotated[WorkerCommand, Field(strict=False)]
 
 
 RequestId = int | str | None
@@ -166,7 +170,7 @@ class Stats(Request):
 class List(Request):
     op: Literal["list"] = "list"
     queue: QueueName | None = None
-    state: TaskState | None = None
+    state: StateName | None = None
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
     after_id: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
 
@@ -175,7 +179,7 @@ class Requeue(Request):
     op: Literal["requeue"] = "requeue"
     task_ids: Annotated[list[TaskId], Field(max_length=100_000)] | None = None
     queue: QueueName | None = None
-    state: Literal[TaskState.DEAD, TaskState.CANCELLED] | None = None
+    state: StateName | None = None
 
     @model_validator(mode="after")
     def _by_ids_or_queue(self) -> Requeue:
@@ -183,6 +187,8 @@ class Requeue(Request):
             raise ValueError("give task_ids, or queue and state")
         if self.task_ids is not None and (self.queue is not None or self.state is not None):
             raise ValueError("give task_ids, or queue and state, not both")
+        if self.state not in (None, TaskState.DEAD, TaskState.CANCELLED):
+            raise ValueError("state: requeue takes dead or cancelled tasks")
         return self
 
 
@@ -199,7 +205,7 @@ class Resume(Request):
 class Purge(Request):
     op: Literal["purge"] = "purge"
     queue: QueueName
-    state: TaskState | None = None
+    state: StateName | None = None
 
     @model_validator(mode="after")
     def _never_leased(self) -> Purge:
@@ -215,7 +221,7 @@ class Workers(Request):
 class WorkerState(Request):
     op: Literal["worker_state"] = "worker_state"
     worker_id: Annotated[str, Field(min_length=1, max_length=200)]
-    state: WorkerCommand
+    state: CommandName
 
 
 class Bye(Request):
@@ -288,6 +294,21 @@ def parse_line(line: bytes) -> Request:
             json.loads(line, parse_constant=_reject_constant)
         return _REQUEST_ADAPTER.validate_json(line)
     except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid" and b"\\u" in line:
+            return _parse_escaped(line)
+        error = _classify(exc)
+    except (ValueError, RecursionError) as exc:
+        error = errors.BadRequest(f"frame is not valid JSON: {_short(exc)}")
+    raise FrameRejected(_readable_id(line), error)
+
+
+def _parse_escaped(line: bytes) -> Request:
+    """The slow path for JSON that pydantic-core refuses but JSON allows: a lone surrogate
+    escape (``"\\ud800"``) in a string. Python's parser takes it; validation is the same."""
+    try:
+        obj = json.loads(line, parse_constant=_reject_constant)
+        return _REQUEST_ADAPTER.validate_python(obj)
+    except ValidationError as exc:
         error = _classify(exc)
     except (ValueError, RecursionError) as exc:
         error = errors.BadRequest(f"frame is not valid JSON: {_short(exc)}")
@@ -323,45 +344,6 @@ def _readable_id(line: bytes) -> RequestId:
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
         return None
     return request_id
-
-
-def decode_frame(line: bytes) -> tuple[RequestId, dict[str, Any]]:
-    """Parse one line into (id, object). Raises BadRequest carrying the id when it was readable.
-
-    The id is returned even when the object is otherwise wrong, so the error reply can carry it.
-    """
-    try:
-        obj = json.loads(line, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise errors.BadRequest(f"frame is not valid JSON: {_short(exc)}") from None
-    if not isinstance(obj, dict):
-        raise errors.BadRequest("frame must be a JSON object")
-    request_id = obj.get("id")
-    if request_id is not None and (
-        isinstance(request_id, bool) or not isinstance(request_id, int | str)
-    ):
-        raise errors.BadRequest("id must be an integer or a string")
-    return request_id, obj
-
-
-def parse_request(obj: dict[str, Any]) -> Request:
-    """Validate a decoded frame into its operation's model."""
-    op = obj.get("op")
-    if op is None:
-        raise errors.BadRequest("request has no op")
-    if not isinstance(op, str):
-        raise errors.BadRequest("op must be a string")
-    model = REQUESTS.get(op)
-    if model is None:
-        raise errors.UnknownOp(f"unknown op {op[:100]!r}")
-    try:
-        line = json.dumps({**obj, "id": None}).encode()
-    except (ValueError, RecursionError):
-        raise errors.BadRequest("request is nested too deeply") from None
-    try:
-        return parse_line(line)
-    except FrameRejected as rejected:
-        raise rejected.error from None
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -402,5 +384,18 @@ def error_reply(request_id: RequestId, exc: errors.DurableTQError) -> bytes:
 
 
 def dumps_value(value: Any) -> str:
-    """JSON text of a payload or result as stored in the database."""
-    return pydantic_core.to_json(value).decode()
+    """JSON text of a payload or result as stored in the database.
+
+    Raises BadRequest for a number JSON cannot carry (``1e400`` parses as infinity) and
+    keeps lone surrogates as ``\\udXXX`` escapes, so what is stored is always valid JSON.
+    """
+    try:
+        text = pydantic_core.to_json(value)
+    except pydantic_core.PydanticSerializationError:  # a lone surrogate: escape it
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if b"Infinity" in text or b"NaN" in text:  # rare: tell a real one from text that says so
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise errors.BadRequest("numbers must be finite (JSON has no infinity)") from None
+    return text.decode()
