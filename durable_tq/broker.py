@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -642,11 +643,8 @@ class Broker:
         timeout = self.settings.worker_timeout
         result = await self.store.read(lambda conn: read_stats(conn, time.time(), timeout))
         result["connections"] = self.connections
-        result["store"] = {
-            "commits": self.store.stats.commits,
-            "writes": self.store.stats.writes,
-            "largest_batch": self.store.stats.largest_batch,
-        }
+        # Optional (PROTOCOL.md allows additions): the group-commit writer's counters.
+        result["store"] = dataclasses.asdict(self.store.stats)
         return result
 
     # --- operating ----------------------------------------------------------------------------

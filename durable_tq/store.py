@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,15 @@ class _PendingWrite(Generic[T]):
 
 @dataclass
 class StoreStats:
+    """Counters of the group-commit writer, reported in ``stats`` (``store`` section)."""
+
     commits: int = 0
     writes: int = 0
     largest_batch: int = 0
+    #: Seconds the database thread spent running batches, commits included.
+    busy_seconds: float = 0.0
+    #: Seconds spent in COMMIT alone (the fsync, with synchronous=FULL).
+    commit_seconds: float = 0.0
 
 
 def configure(conn: sqlite3.Connection, settings: Settings, readonly: bool = False) -> None:
@@ -266,6 +273,7 @@ class Store:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
         """On the database thread: one transaction, a savepoint per request, one commit."""
+        started = time.perf_counter()
         self.batch_memo.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -291,6 +299,7 @@ class Store:
                 pending.error = errors.Internal(f"{type(exc).__name__} in a write")
                 conn.execute("ROLLBACK TO request")
             conn.execute("RELEASE request")
+        committing = time.perf_counter()
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -298,9 +307,13 @@ class Store:
                 conn.execute("ROLLBACK")
             self._fail_batch(batch, storage_error(exc, "committing"))
             return
-        self.stats.commits += 1
-        self.stats.writes += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        done = time.perf_counter()
+        stats = self.stats
+        stats.commits += 1
+        stats.writes += len(batch)
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        stats.busy_seconds += done - started
+        stats.commit_seconds += done - committing
 
     def _request_failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> errors.StorageError:
         log.error("write request failed in SQLite: %s", exc)
