@@ -70,6 +70,8 @@ class Measurement:
     commits: int | None = None  # group commits of the broker during the window
     writes: int | None = None  # write requests those commits carried
     broker_cpu_percent: float | None = None  # of one core
+    db_busy_percent: float | None = None  # the writer thread's time in batches, of the window
+    commit_ms: float | None = None  # average time of one COMMIT (the fsync, under FULL)
     broker_rss_peak_mb: float | None = None
     loadgen_cpu_percent: float | None = None  # summed over load processes, of one core
     loadgen_cpu_us_per_task: float | None = None
@@ -242,6 +244,8 @@ def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
     headers += [
         "commits",
         "tasks/commit",
+        "commit ms",
+        "DB busy",
         "broker CPU",
         "load CPU",
         "broker RSS",
@@ -263,6 +267,8 @@ def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
                 *spread,
                 _num(m.commits),
                 _num(m.tasks_per_commit, 1),
+                "-" if m.commit_ms is None else _ms(m.commit_ms),
+                "-" if m.db_busy_percent is None else f"{m.db_busy_percent:.0f}%",
                 "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
                 _load_cpu(m),
                 "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",

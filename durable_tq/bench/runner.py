@@ -80,6 +80,8 @@ class Snapshot:
     writes: int | None
     cpu: float | None
     at: float
+    busy_seconds: float | None = None  # the writer's time in batches (newer brokers)
+    commit_seconds: float | None = None  # ... of which in COMMIT
 
 
 @dataclass
@@ -239,6 +241,8 @@ class Bench:
             writes=store.get("writes"),
             cpu=None if cpu is None else cpu.cpu,
             at=time.monotonic() if cpu is None else cpu.at,
+            busy_seconds=store.get("busy_seconds"),
+            commit_seconds=store.get("commit_seconds"),
         )
 
     def preload(self, queue: str, count: int) -> None:
@@ -374,6 +378,10 @@ class Bench:
             m.commits = after.commits - before.commits
         if before.writes is not None and after.writes is not None:
             m.writes = after.writes - before.writes
+        if before.busy_seconds is not None and after.busy_seconds is not None:
+            m.db_busy_percent = 100 * (after.busy_seconds - before.busy_seconds) / seconds
+        if before.commit_seconds is not None and after.commit_seconds is not None and m.commits:
+            m.commit_ms = 1000 * (after.commit_seconds - before.commit_seconds) / m.commits
         if before.cpu is not None and after.cpu is not None:
             m.broker_cpu_percent = 100 * (after.cpu - before.cpu) / max(after.at - before.at, 1e-9)
         if self.watch.window_peak_rss:
