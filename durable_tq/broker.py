@@ -26,6 +26,9 @@ log = logging.getLogger("durable_tq.broker")
 
 Result = dict[str, Any]
 
+#: An enqueue_many of more tasks than this is a heavy write (runs on the database thread).
+HEAVY_ROWS = 200
+
 
 @dataclass
 class Session:
@@ -307,8 +310,7 @@ class Broker:
                 depth = conn.execute(queries.QUEUE_DEPTH, (task.queue,)).fetchone()[0]
             if depth >= limit:
                 raise errors.Busy(
-                    f"queue {task.queue!r} holds {depth} waiting tasks (max_queue_depth "
-                    f"{limit})",
+                    f"queue {task.queue!r} holds {depth} waiting tasks (max_queue_depth {limit})",
                     retry_after=1.0,
                 )
             memo[key] = depth + 1
@@ -354,7 +356,7 @@ class Broker:
         def insert_all(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
             return [self._insert(conn, task, now) for task in tasks]
 
-        outcomes = await self.store.write(insert_all)
+        outcomes = await self.store.write(insert_all, heavy=len(tasks) > HEAVY_ROWS)
         self._after_insert([t for t, (_, created) in zip(tasks, outcomes, strict=True) if created])
         return {
             "task_ids": [task_id for task_id, _ in outcomes],
@@ -677,7 +679,7 @@ class Broker:
         def requeue(conn: sqlite3.Connection) -> Counter[str]:
             return Counter(row[0] for row in conn.execute(sql, params))
 
-        ready = await self.store.write(requeue)
+        ready = await self.store.write(requeue, heavy=True)
         self._notify(ready)
         return {"count": sum(ready.values())}
 
@@ -702,6 +704,6 @@ class Broker:
         sql, params = queries.PURGE_QUEUE, [req.queue]
         if req.state is not None:
             sql, params = queries.PURGE_QUEUE_STATE, [req.queue, req.state.value]
-        count = await self.store.write(lambda conn: conn.execute(sql, params).rowcount)
+        count = await self.store.write(lambda conn: conn.execute(sql, params).rowcount, heavy=True)
         log.info("purged %d tasks of queue %s", count, req.queue)
         return {"count": count}

@@ -1,9 +1,17 @@
 """All SQLite access: connections, pragmas, the group-commit writer and the read connections.
 
 Writes are functions of a ``sqlite3.Connection`` handed to :meth:`Store.write`. One writer
-task drains every pending write function, runs them all on the database thread inside one
-transaction (each under its own savepoint, so one request's error undoes only its own work),
-commits once, and only then answers every caller. One fsync serves the whole batch.
+task drains every pending write function, runs them all inside one transaction (each under
+its own savepoint, so one request's error undoes only its own work), commits once, and only
+then answers every caller. One fsync serves the whole batch.
+
+Where the statements run: a batch of small writes (enqueue, claim, ack...) runs its
+statements right on the event loop, and only the COMMIT (the fsync, which releases the GIL)
+goes to the connection's thread. Running them on that thread made it fight the event loop for
+the GIL once per statement: measured, a batch then took 4-6 ms instead of about 1
+(docs/benchmarks.md). Batches with a heavy write (``heavy=True``: many rows) run wholly on
+the database thread, so the loop never stalls on them. The connection is used by one thread
+at a time either way: the writer task awaits each step.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], T]
 ReadFn = Callable[[sqlite3.Connection], T]
 
+
 async def on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(sqlite3_connection, *args)`` on the connection's own thread: one hop for a whole
     batch of statements instead of one per statement (aiosqlite's public calls hop each time).
@@ -53,11 +62,12 @@ class _PendingWrite(Generic[T]):
     aiosqlite already ties the broker to asyncio.
     """
 
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "heavy", "result")
 
-    def __init__(self, fn: WriteFn[T], done: asyncio.Future[None]) -> None:
+    def __init__(self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool) -> None:
         self.fn = fn
         self.done = done
+        self.heavy = heavy
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -141,6 +151,7 @@ class Store:
         #: Scratch space for write functions, emptied at the start of every batch: a value
         #: read once per transaction (a queue's depth) is kept here instead of read per request.
         self.batch_memo: dict[Any, Any] = {}
+        self._batch_started = 0.0
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -193,9 +204,7 @@ class Store:
 
     async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
         try:
-            conn = await aiosqlite.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
+            conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise storage_error(exc, f"opening {self.path}") from exc
         try:
@@ -220,10 +229,12 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write(self, fn: WriteFn[T]) -> T:
+    async def write(self, fn: WriteFn[T], *, heavy: bool = False) -> T:
         """Run ``fn`` in the next group commit; return its result once that commit is durable.
 
         ``fn`` raising a DurableTQError undoes its own changes only and is re-raised here.
+        ``heavy``: ``fn`` may touch many rows (purge, requeue by queue, a sweep); its batch
+        then runs wholly on the database thread instead of on the event loop.
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
@@ -232,7 +243,7 @@ class Store:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future())
+        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy)
         self._pending.append(pending)
         self._wakeup.set()
         await pending.done
@@ -255,7 +266,10 @@ class Store:
                 del self._pending[: len(batch)]
                 self._room.set()
                 try:
-                    await on_db_thread(writer, self._run_batch, batch)
+                    if any(pending.heavy for pending in batch):
+                        await on_db_thread(writer, self._run_batch, batch)
+                    elif self._run_statements(writer._conn, batch):
+                        await on_db_thread(writer, self._commit, batch)
                 except Exception as exc:  # the database thread itself failed
                     log.exception("write batch failed")
                     for pending in batch:
@@ -273,7 +287,12 @@ class Store:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
         """On the database thread: one transaction, a savepoint per request, one commit."""
-        started = time.perf_counter()
+        if self._run_statements(conn, batch):
+            self._commit(conn, batch)
+
+    def _run_statements(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
+        """BEGIN and every request under its savepoint; False when nothing is left to commit."""
+        self._batch_started = time.perf_counter()
         self.batch_memo.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -281,7 +300,7 @@ class Store:
             error = storage_error(exc, "starting a write transaction")
             for pending in batch:
                 pending.error = error
-            return
+            return False
         for pending in batch:
             conn.execute("SAVEPOINT request")
             try:
@@ -293,12 +312,16 @@ class Store:
                 pending.error = self._request_failed(conn, exc)
                 if not conn.in_transaction:  # SQLite rolled the whole transaction back
                     self._fail_batch(batch, pending.error)
-                    return
+                    return False
             except Exception as exc:
                 log.exception("write request failed")
                 pending.error = errors.Internal(f"{type(exc).__name__} in a write")
                 conn.execute("ROLLBACK TO request")
             conn.execute("RELEASE request")
+        return True
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
+        """COMMIT (the fsync) and count; a failed commit fails every request of the batch."""
         committing = time.perf_counter()
         try:
             conn.execute("COMMIT")
@@ -312,7 +335,7 @@ class Store:
         stats.commits += 1
         stats.writes += len(batch)
         stats.largest_batch = max(stats.largest_batch, len(batch))
-        stats.busy_seconds += done - started
+        stats.busy_seconds += done - self._batch_started
         stats.commit_seconds += done - committing
 
     def _request_failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> errors.StorageError:

@@ -76,7 +76,7 @@ class Sweeper:
         broker = self.broker
         # Anything timed that is written from here on must wake us again.
         broker.next_due = math.inf
-        result = await broker.store.write(lambda conn: sweep_once(conn, broker, now))
+        result = await broker.store.write(lambda conn: sweep_once(conn, broker, now), heavy=True)
         broker.next_due = min(broker.next_due, result.next_due)
         broker._notify(result.ready)
         self.sweeps += 1

@@ -372,17 +372,17 @@ async def test_claim_cut_off_mid_commit_hands_its_task_back(
         task_id = (await producer.request("enqueue", queue="slow", payload=1))["task_id"]
 
         store = server.broker.store
-        real_run_batch = store._run_batch
+        real_commit = store._commit
 
-        def slow_run_batch(conn: sqlite3.Connection, batch: list[Any]) -> None:
+        def slow_commit(conn: sqlite3.Connection, batch: list[Any]) -> None:
             time.sleep(0.5)  # on the database thread: the batch is in flight meanwhile
-            real_run_batch(conn, batch)
+            real_commit(conn, batch)
 
-        monkeypatch.setattr(store, "_run_batch", slow_run_batch)
+        monkeypatch.setattr(store, "_commit", slow_commit)
         async with raw_connect(server.url) as worker:
             await worker.send("claim", queues=["slow"])
-            await anyio.sleep(0.3)  # read, and its write waits on the slow writer
-        monkeypatch.setattr(store, "_run_batch", real_run_batch)
+            await anyio.sleep(0.3)  # read, and its write waits on the slow commit
+        monkeypatch.setattr(store, "_commit", real_commit)
         # The worker's connection is gone once its claim has finished, hand-back included.
         await eventually(lambda: server.broker.connections == 1)
         assert f"task {task_id} (queue slow): handed back" in caplog.text
