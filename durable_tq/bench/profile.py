@@ -30,14 +30,14 @@ _AREAS: tuple[tuple[str, Callable[[Frame], bool]], ...] = (
         "waiting: DB thread idle (aiosqlite queue)",
         lambda f: f.function == "_connection_worker_thread",
     ),
-    ("SQLite COMMIT (fsync), DB thread", lambda f: '"COMMIT"' in f.source),
+    ("SQLite COMMIT (the fsync)", lambda f: '"COMMIT"' in f.source),
     (
-        "SQLite statements, DB thread",
+        "SQLite statements (time in SQLite's C code)",
         lambda f: f.file.startswith("durable_tq/") and ".execute" in f.source,
     ),
     ("socket writes (one send() per reply)", lambda f: f.function.endswith("Transport.write")),
-    ("waking the loop from the DB thread", lambda f: f.function.endswith("_write_to_self")),
-    ("handing work to the DB thread", lambda f: f.file.startswith("aiosqlite/")),
+    ("waking the event loop from another thread", lambda f: f.function.endswith("_write_to_self")),
+    ("handing work to the DB thread (aiosqlite)", lambda f: f.file.startswith("aiosqlite/")),
     ("durable_tq server (framing, dispatch)", lambda f: f.file.endswith("server.py")),
     ("durable_tq protocol (decode/validate/encode)", lambda f: f.file.endswith("protocol.py")),
     ("durable_tq other Python", lambda f: f.file.startswith("durable_tq/")),
@@ -169,7 +169,7 @@ def _thread_kind(name: str, frames: list[str]) -> str:
     if name == "MainThread":
         return "event loop (main thread)"
     if any("aiosqlite/core.py" in frame for frame in frames):
-        return "SQLite threads (aiosqlite)"
+        return "database threads (aiosqlite)"
     return name
 
 
