@@ -35,7 +35,7 @@ _AREAS: tuple[tuple[str, Callable[[Frame], bool]], ...] = (
         "SQLite statements (time in SQLite's C code)",
         lambda f: f.file.startswith("durable_tq/") and ".execute" in f.source,
     ),
-    ("socket writes (one send() per reply)", lambda f: f.function.endswith("Transport.write")),
+    ("socket writes (send())", lambda f: f.function.endswith("Transport.write")),
     ("waking the event loop from another thread", lambda f: f.function.endswith("_write_to_self")),
     ("handing work to the DB thread (aiosqlite)", lambda f: f.file.startswith("aiosqlite/")),
     ("durable_tq server (framing, dispatch)", lambda f: f.file.endswith("server.py")),
