@@ -379,10 +379,14 @@ async def test_claim_cut_off_mid_commit_hands_its_task_back(
             real_commit(conn, batch)
 
         monkeypatch.setattr(store, "_commit", slow_commit)
+        # Another write's slow commit is in flight: the claim waits for the next batch.
+        await producer.send("enqueue", queue="other", payload=2)
+        await anyio.sleep(0.1)
         async with raw_connect(server.url) as worker:
             await worker.send("claim", queues=["slow"])
-            await anyio.sleep(0.3)  # read, and its write waits on the slow commit
+            await anyio.sleep(0.2)  # read, and its write waits behind the slow commit
         monkeypatch.setattr(store, "_commit", real_commit)
+        await producer.receive()  # the other enqueue's reply
         # The worker's connection is gone once its claim has finished, hand-back included.
         await eventually(lambda: server.broker.connections == 1)
         assert f"task {task_id} (queue slow): handed back" in caplog.text

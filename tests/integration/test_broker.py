@@ -621,3 +621,15 @@ async def test_oldest_queued_age_is_the_longest_wait(broker: Broker) -> None:
     await broker.fail(p.Fail(task_id=first, lease_token=lease["lease_token"], delay=0))
     age = (await broker.stats())["queues"]["q"]["oldest_queued_age"]
     assert age >= 0.3
+
+
+async def test_a_claim_answered_before_its_commit_is_visible_to_the_next_read(
+    broker: Broker,
+) -> None:
+    """Claims are answered before their fsync (not a durable reply); reads wait for it."""
+    for i in range(20):
+        task_id = await enqueue(broker, payload=i)
+        (task,) = await claim(broker)
+        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        assert info["state"] == "leased" and info["attempts"] == 1
+        await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"]))
