@@ -417,8 +417,7 @@ class Broker:
         if not open_queues:
             return []
         tasks = await self.store.write(
-            lambda conn: self._lease_tasks(conn, open_queues, limit, lease, worker_id),
-            durable=False,  # a claim is not a durable reply (PROTOCOL.md); see Store.write
+            lambda conn: self._lease_tasks(conn, open_queues, limit, lease, worker_id)
         )
         if tasks:
             self._schedule_wakeup(min(t["lease_expires_at"] for t in tasks))
@@ -562,7 +561,7 @@ class Broker:
                 raise self._lease_lost_or_missing(conn, req.task_id)
             return expires_at
 
-        return {"lease_expires_at": await self.store.write(extend, durable=False)}
+        return {"lease_expires_at": await self.store.write(extend)}
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -589,7 +588,7 @@ class Broker:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
             return str(row[0])
 
-        return {"state": await self.store.write(beat, durable=False)}
+        return {"state": await self.store.write(beat)}
 
     async def worker_state(
         self, req: protocol.WorkerState, session: Session | None = None

@@ -62,15 +62,12 @@ class _PendingWrite(Generic[T]):
     aiosqlite already ties the broker to asyncio.
     """
 
-    __slots__ = ("done", "durable", "error", "fn", "heavy", "result")
+    __slots__ = ("done", "error", "fn", "heavy", "result")
 
-    def __init__(
-        self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool, durable: bool
-    ) -> None:
+    def __init__(self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool) -> None:
         self.fn = fn
         self.done = done
         self.heavy = heavy
-        self.durable = durable
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -155,9 +152,6 @@ class Store:
         #: read once per transaction (a queue's depth) is kept here instead of read per request.
         self.batch_memo: dict[Any, Any] = {}
         self._batch_started = 0.0
-        #: Unset while a commit whose batch was answered early is in flight (see read()).
-        self._committed = anyio.Event()
-        self._committed.set()
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -235,16 +229,12 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write(self, fn: WriteFn[T], *, heavy: bool = False, durable: bool = True) -> T:
+    async def write(self, fn: WriteFn[T], *, heavy: bool = False) -> T:
         """Run ``fn`` in the next group commit; return its result once that commit is durable.
 
         ``fn`` raising a DurableTQError undoes its own changes only and is re-raised here.
         ``heavy``: ``fn`` may touch many rows (purge, requeue by queue, a sweep); its batch
         then runs wholly on the database thread instead of on the event loop.
-        ``durable=False``: answer as soon as ``fn`` has run, before its COMMIT is on disk.
-        Only for writes PROTOCOL.md does not promise durable (claim, extend, heartbeat): if
-        that commit is lost, the lease it granted is simply not there (at-least-once holds,
-        and its token gets ``lease_lost``).
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
@@ -253,7 +243,7 @@ class Store:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy, durable)
+        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy)
         self._pending.append(pending)
         self._wakeup.set()
         await pending.done
@@ -279,16 +269,7 @@ class Store:
                     if any(pending.heavy for pending in batch):
                         await on_db_thread(writer, self._run_batch, batch)
                     elif self._run_statements(writer._conn, batch):
-                        early = [pending for pending in batch if not pending.durable]
-                        if early:
-                            # Reads wait for this commit: read-your-writes for early answers.
-                            self._committed = anyio.Event()
-                            for pending in early:
-                                pending.answer()  # before the fsync: see write()
-                        try:
-                            await on_db_thread(writer, self._commit, batch)
-                        finally:
-                            self._committed.set()
+                        await on_db_thread(writer, self._commit, batch)
                 except Exception as exc:  # the database thread itself failed
                     log.exception("write batch failed")
                     for pending in batch:
@@ -379,9 +360,6 @@ class Store:
         """Run ``fn`` on a read-only connection, in one read transaction (a consistent view)."""
         if not self._readers:
             raise errors.ShuttingDown("the store is closed")
-        if not self._committed.is_set():
-            # A claim answered before its commit must be visible to a read that follows it.
-            await self._committed.wait()
         reader = self._readers[self._next_reader % len(self._readers)]
         self._next_reader += 1
         try:
