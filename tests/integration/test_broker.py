@@ -633,3 +633,72 @@ async def test_a_claim_answered_before_its_commit_is_visible_to_the_next_read(
         info = (await broker.get(p.Get(task_id=task_id)))["task"]
         assert info["state"] == "leased" and info["attempts"] == 1
         await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"]))
+
+
+async def test_queue_counts_stay_exact_through_every_kind_of_change(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """stats and max_queue_depth read queue_counts: after a mix of every operation that moves
+    or removes tasks, it must equal a count of the rows themselves."""
+    from durable_tq.sweeper import Sweeper
+
+    settings = make_settings(worker_timeout=0.2, retention=0.3, release_on_disconnect=True)
+    async with Broker(settings) as broker:
+        sweeper = Sweeper(broker)
+
+        def counts(conn: Any) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+            kept = {
+                (q, s): n
+                for q, s, n in conn.execute("SELECT queue, state, n FROM queue_counts")
+                if n
+            }
+            actual = {
+                (q, s): n
+                for q, s, n in conn.execute(
+                    "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"
+                )
+            }
+            return kept, actual
+
+        session = Session()
+        await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w", concurrency=50)), session)
+        for queue in ("a", "b"):
+            await broker.enqueue_many(
+                p.EnqueueMany(tasks=[p.Enqueue(queue=queue, payload=i) for i in range(12)])
+            )
+        await enqueue(broker, "a", delay=0.1)
+        await enqueue(broker, "b", unique_key="u")
+        await enqueue(broker, "b", unique_key="u")  # a duplicate: no new row
+        leases = await claim(broker, "a", "b", session=session, max=14)
+        ack, fail, dead, release, expire, keep = (leases[i::6] for i in range(6))
+        for t in ack:
+            await broker.ack(p.Ack(task_id=t["task_id"], lease_token=t["lease_token"]))
+        for t in fail:
+            await broker.fail(p.Fail(task_id=t["task_id"], lease_token=t["lease_token"], delay=0))
+        for t in dead:
+            await broker.fail(
+                p.Fail(task_id=t["task_id"], lease_token=t["lease_token"], retry=False)
+            )
+        for t in release:
+            await broker.release(p.Release(task_id=t["task_id"], lease_token=t["lease_token"]))
+        for t in expire:
+            await broker.extend(
+                p.Extend(task_id=t["task_id"], lease_token=t["lease_token"], lease=0.01)
+            )
+        queued = (await broker.list(p.List(state=p.TaskState.QUEUED, limit=3)))["tasks"]
+        for task in queued:
+            await broker.cancel(p.Cancel(task_id=task["task_id"]))
+        await broker.requeue(p.Requeue(task_ids=[queued[0]["task_id"], dead[0]["task_id"]]))
+        await broker.requeue(p.Requeue(queue="a", state=p.TaskState.DEAD))
+        await broker.purge(p.Purge(queue="b", state=p.TaskState.CANCELLED))
+        kept, actual = await broker.store.read(counts)
+        assert kept == actual
+        assert len({state for _, state in actual}) >= 4
+        await anyio.sleep(0.35)
+        await sweeper.sweep()  # expired leases, due task, retention of the acked ones
+        await broker.session_closed(session)  # the worker's remaining leases are released
+        await broker.purge(p.Purge(queue="a", state=p.TaskState.SUCCEEDED))
+        assert keep, "the mix must leave some leases to the disconnect"
+
+        kept, actual = await broker.store.read(counts)
+        assert kept == actual
