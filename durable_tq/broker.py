@@ -257,6 +257,8 @@ class Broker:
             rows = conn.execute(
                 queries.RELEASE_WORKER_LEASES, {"now": now, "worker_id": worker_id}
             ).fetchall()
+            for queue, state in rows:
+                self.store.moved(queue, TaskState.LEASED, state)
             return Counter(queue for queue, state in rows if state == TaskState.QUEUED)
 
         try:
@@ -331,6 +333,7 @@ class Broker:
         )
         if task.queue not in self.known_queues:  # noted as known once committed
             conn.execute(queries.INSERT_QUEUE, (task.queue,))
+        self.store.moved(task.queue, None, task.state)
         assert cursor.lastrowid is not None
         return cursor.lastrowid, True
 
@@ -458,6 +461,8 @@ class Broker:
             params["ids"] = json.dumps([c[0] for c in candidates[:limit]])
             rows = conn.execute(queries.LEASE_IDS, params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[0]))
+        for row in rows:
+            self.store.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
         return [
             {
                 "task_id": r[0],
@@ -498,11 +503,12 @@ class Broker:
 
         def ack(conn: sqlite3.Connection) -> None:
             now = time.time()
-            cursor = conn.execute(
+            row = conn.execute(
                 queries.ACK, (result, now, now, req.task_id, req.lease_token, now)
-            )
-            if cursor.rowcount == 0:
+            ).fetchone()
+            if row is None:
                 raise self._lease_lost_or_missing(conn, req.task_id)
+            self.store.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
 
         await self.store.write(ack)
         return {}
@@ -519,8 +525,10 @@ class Broker:
                 )
                 state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
                 conn.execute(queries.RETRY, (state, now + delay, req.error, now, req.task_id))
+                self.store.moved(queue, TaskState.LEASED, state)
                 return state, now + delay, queue
             conn.execute(queries.BURY, (req.error, now, now, req.task_id))
+            self.store.moved(queue, TaskState.LEASED, TaskState.DEAD)
             return TaskState.DEAD, None, queue
 
         state, run_at, queue = await self.store.write(fail)
@@ -534,6 +542,7 @@ class Broker:
             delay = req.delay or 0.0
             state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
             conn.execute(queries.RELEASE, (state, now + delay, now, req.task_id))
+            self.store.moved(queue, TaskState.LEASED, state)
             return state, now + delay, queue
 
         state, run_at, queue = await self.store.write(release)
@@ -664,6 +673,7 @@ class Broker:
             if state != TaskState.CANCELLED:
                 now = time.time()
                 conn.execute(queries.CANCEL, (now, now, req.task_id))
+                self.store.moved(row[1], state, TaskState.CANCELLED)
             return TaskState.CANCELLED.value
 
         return {"state": await self.store.write(cancel)}
@@ -671,13 +681,25 @@ class Broker:
     async def requeue(self, req: protocol.Requeue, session: Session | None = None) -> Result:
         now = time.time()
         if req.task_ids is not None:
-            sql, params = queries.REQUEUE_IDS, {"now": now, "ids": json.dumps(req.task_ids)}
+            sql = queries.REQUEUE_IDS
+            # One statement per old state: queue_counts needs to know what each row was.
+            ids = json.dumps(req.task_ids)
+            steps = [
+                (state, {"now": now, "ids": ids, "state": state})
+                for state in (TaskState.DEAD, TaskState.CANCELLED)
+            ]
         else:
+            assert req.state is not None
             sql = queries.REQUEUE_QUEUE
-            params = {"now": now, "queue": req.queue, "state": req.state}
+            steps = [(req.state, {"now": now, "queue": req.queue, "state": req.state})]
 
         def requeue(conn: sqlite3.Connection) -> Counter[str]:
-            return Counter(row[0] for row in conn.execute(sql, params))
+            ready: Counter[str] = Counter()
+            for old_state, params in steps:
+                for (queue,) in conn.execute(sql, params):
+                    self.store.moved(queue, old_state, TaskState.QUEUED)
+                    ready[queue] += 1
+            return ready
 
         ready = await self.store.write(requeue, heavy=True)
         self._notify(ready)
@@ -704,6 +726,13 @@ class Broker:
         sql, params = queries.PURGE_QUEUE, [req.queue]
         if req.state is not None:
             sql, params = queries.PURGE_QUEUE_STATE, [req.queue, req.state.value]
-        count = await self.store.write(lambda conn: conn.execute(sql, params).rowcount, heavy=True)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            states = Counter(state for (state,) in conn.execute(sql, params))
+            for state, n in states.items():
+                self.store.moved(req.queue, state, None, n)
+            return sum(states.values())
+
+        count = await self.store.write(purge, heavy=True)
         log.info("purged %d tasks of queue %s", count, req.queue)
         return {"count": count}

@@ -22,6 +22,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 import anyio
 
-from durable_tq import errors, migrate
+from durable_tq import errors, migrate, queries
 from durable_tq.config import Settings
 
 log = logging.getLogger("durable_tq.store")
@@ -152,6 +153,9 @@ class Store:
         #: read once per transaction (a queue's depth) is kept here instead of read per request.
         self.batch_memo: dict[Any, Any] = {}
         self._batch_started = 0.0
+        # Net state changes of the batch, (queue, state) -> n, and of the request running now.
+        self._batch_moves: Counter[tuple[str, str]] = Counter()
+        self._request_moves: Counter[tuple[str, str]] = Counter()
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -290,10 +294,21 @@ class Store:
         if self._run_statements(conn, batch):
             self._commit(conn, batch)
 
+    def moved(self, queue: str, old: str | None, new: str | None, n: int = 1) -> None:
+        """A write function reports tasks of ``queue`` going from state ``old`` to ``new``
+        (None: created or deleted), so queue_counts stays exact. Kept only if the request
+        succeeds; written once per batch, before COMMIT."""
+        moves = self._request_moves
+        if old is not None:
+            moves[(queue, old)] -= n
+        if new is not None:
+            moves[(queue, new)] += n
+
     def _run_statements(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
         """BEGIN and every request under its savepoint; False when nothing is left to commit."""
         self._batch_started = time.perf_counter()
         self.batch_memo.clear()
+        self._batch_moves.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -303,8 +318,10 @@ class Store:
             return False
         for pending in batch:
             conn.execute("SAVEPOINT request")
+            self._request_moves = Counter()
             try:
                 pending.result = pending.fn(conn)
+                self._batch_moves.update(self._request_moves)
             except errors.DurableTQError as exc:
                 pending.error = exc
                 conn.execute("ROLLBACK TO request")
@@ -318,6 +335,19 @@ class Store:
                 pending.error = errors.Internal(f"{type(exc).__name__} in a write")
                 conn.execute("ROLLBACK TO request")
             conn.execute("RELEASE request")
+        return self._write_counts(conn, batch)
+
+    def _write_counts(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
+        rows = [(queue, state, n) for (queue, state), n in self._batch_moves.items() if n]
+        if not rows:
+            return True
+        try:
+            conn.executemany(queries.ADD_TO_COUNTS, rows)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._fail_batch(batch, storage_error(exc, "counting"))
+            return False
         return True
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:

@@ -41,19 +41,25 @@ def sweep_once(conn: sqlite3.Connection, broker: Broker, now: float) -> SweepRes
         queries.SWEEP_EXPIRED_LEASES,
         {"now": now, "worker_deadline": now - settings.worker_timeout},
     ).fetchall()
+    moved = broker.store.moved
     for queue, state in rows:
+        moved(queue, TaskState.LEASED, state)
         if state == TaskState.QUEUED:
             result.ready[queue] += 1
             result.expired += 1
         else:
             result.dead += 1
     for (queue,) in conn.execute(queries.SWEEP_DUE, {"now": now}):
+        moved(queue, TaskState.SCHEDULED, TaskState.QUEUED)
         result.ready[queue] += 1
         result.due += 1
     if settings.retention > 0:
-        result.deleted = conn.execute(
+        deleted = conn.execute(
             queries.SWEEP_RETENTION, {"cutoff": now - settings.retention, "limit": RETENTION_BATCH}
-        ).rowcount
+        ).fetchall()
+        for queue, state in deleted:
+            moved(queue, state, None)
+        result.deleted = len(deleted)
         conn.execute(queries.SWEEP_FORGOTTEN_WORKERS, {"cutoff": now - FORGET_WORKERS_AFTER})
     next_due = conn.execute(queries.NEXT_DUE).fetchone()[0]
     next_expiry = conn.execute(queries.NEXT_EXPIRY).fetchone()[0]

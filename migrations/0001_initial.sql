@@ -41,30 +41,16 @@ CREATE TABLE queues (
     paused INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
--- How many tasks each queue has in each state, kept exact by the triggers below, so that
--- stats and max_queue_depth never count rows.
+-- How many tasks each queue has in each state, so that stats and max_queue_depth never count
+-- rows. The broker's writer keeps it exact: every write reports the state changes it made,
+-- and the batch adds them up here once per queue and state, in the same transaction, just
+-- before COMMIT (a trigger per row cost 8-35 us per write: docs/benchmarks.md).
 CREATE TABLE queue_counts (
     queue TEXT    NOT NULL,
     state TEXT    NOT NULL,
     n     INTEGER NOT NULL,
     PRIMARY KEY (queue, state)
 ) WITHOUT ROWID;
-
-CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
-    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
-
-CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
-    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-END;
-
-CREATE TRIGGER tasks_count_update AFTER UPDATE OF state ON tasks
-    WHEN OLD.state IS NOT NEW.state BEGIN
-    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
 
 CREATE TABLE workers (
     id             TEXT PRIMARY KEY,

@@ -21,9 +21,6 @@ EXPECTED_OBJECTS = {
     ("index", "tasks_finished"),
     ("index", "tasks_queue_state"),
     ("index", "tasks_unique_live"),
-    ("trigger", "tasks_count_insert"),
-    ("trigger", "tasks_count_delete"),
-    ("trigger", "tasks_count_update"),
 }
 
 
@@ -81,18 +78,3 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")
     with pytest.raises(errors.ConfigError, match="without gaps"):
         migrate.load_migrations(tmp_path)
-
-
-def test_triggers_keep_queue_counts_exact(tmp_path: Path) -> None:
-    conn = connect(tmp_path / "a.db")
-    migrate.apply_migrations(conn)
-    insert = (
-        "INSERT INTO tasks (queue, state, payload, max_attempts, lease_seconds, run_at,"
-        " created_at, updated_at) VALUES (?, ?, 'null', 1, 30, 0, 0, 0)"
-    )
-    for queue, state in [("a", "queued"), ("a", "queued"), ("b", "scheduled")]:
-        conn.execute(insert, (queue, state))
-    conn.execute("UPDATE tasks SET state = 'leased' WHERE id = 1")
-    conn.execute("DELETE FROM tasks WHERE id = 3")
-    counts = {(q, s): n for q, s, n in conn.execute("SELECT * FROM queue_counts WHERE n > 0")}
-    assert counts == {("a", "queued"): 1, ("a", "leased"): 1}
