@@ -274,10 +274,11 @@ class Store:
                         await on_db_thread(writer, self._run_batch, batch)
                     elif self._run_statements(writer._conn, batch):
                         await on_db_thread(writer, self._commit, batch)
-                except Exception as exc:  # the database thread itself failed
+                except Exception as exc:  # SAVEPOINT/RELEASE or the thread itself failed
                     log.exception("write batch failed")
+                    self._abandon_transaction(writer._conn)
                     for pending in batch:
-                        if pending.error is None:
+                        if pending.error is None or pending.result is not None:
                             pending.error = errors.Internal("write batch failed")
                         pending.error.__cause__ = exc
                 for pending in batch:
@@ -288,6 +289,15 @@ class Store:
                 pending.answer()
             self._pending.clear()
             self._writer_done.set()
+
+    @staticmethod
+    def _abandon_transaction(conn: sqlite3.Connection) -> None:
+        """Nothing of a failed batch commits, and the next batch can BEGIN again."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("could not roll back a failed batch: %s", exc)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
         """On the database thread: one transaction, a savepoint per request, one commit."""

@@ -702,3 +702,21 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
 
         kept, actual = await broker.store.read(counts)
         assert kept == actual
+
+
+async def test_a_batch_that_breaks_midway_commits_nothing_and_the_next_one_works(
+    broker: Broker,
+) -> None:
+    """A failure outside any request's own error handling (here: the savepoint machinery)
+    must roll the batch back, not leave the transaction open for every later BEGIN to fail."""
+
+    def insert_then_break(conn: Any) -> None:
+        conn.execute("INSERT INTO queues (name) VALUES ('ghost')")  # would commit if the batch did
+        conn.execute("RELEASE request")  # the writer's own RELEASE after this then fails
+
+    with pytest.raises(errors.Internal):
+        await broker.store.write(insert_then_break)
+    task_id = await enqueue(broker, payload="after")
+    assert await state_of(broker, task_id) == "queued"
+    names = await broker.store.read(lambda conn: conn.execute("SELECT name FROM queues").fetchall())
+    assert ("ghost",) not in names
