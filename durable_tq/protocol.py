@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic_core
 from pydantic import (
@@ -228,35 +228,15 @@ class Bye(Request):
     op: Literal["bye"] = "bye"
 
 
-#: Operation name -> its argument model. The server dispatches on this table.
-REQUESTS: dict[str, type[Request]] = {
-    "hello": Hello,
-    "enqueue": Enqueue,
-    "enqueue_many": EnqueueMany,
-    "claim": Claim,
-    "ack": Ack,
-    "fail": Fail,
-    "release": Release,
-    "extend": Extend,
-    "heartbeat": Heartbeat,
-    "get": Get,
-    "cancel": Cancel,
-    "stats": Stats,
-    "list": List,
-    "requeue": Requeue,
-    "pause": Pause,
-    "resume": Resume,
-    "purge": Purge,
-    "workers": Workers,
-    "worker_state": WorkerState,
-    "bye": Bye,
-}
-
 AnyRequest = Annotated[
     Hello | Enqueue | EnqueueMany | Claim | Ack | Fail | Release | Extend | Heartbeat | Get
     | Cancel | Stats | List | Requeue | Pause | Resume | Purge | Workers | WorkerState | Bye,
     Field(discriminator="op"),
 ]
+#: Operation name -> its model, read off the union above (each model's ``op`` default).
+REQUESTS: dict[str, type[Request]] = {
+    model.model_fields["op"].default: model for model in get_args(get_args(AnyRequest)[0])
+}
 #: Parses and validates a whole line in one pass of pydantic-core (Rust): about ten times
 #: faster than json.loads followed by model validation (docs/benchmarks.md).
 _REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AnyRequest)
