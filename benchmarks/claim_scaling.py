@@ -241,7 +241,9 @@ async def sweep_repeatedly(broker: Broker, count: int, latencies: list[float]) -
     for _ in range(count):
         start = time.perf_counter()
         now = time.time()
-        await broker.store.write(lambda conn, now=now: sweep_once(conn, broker, now))
+        await broker.store.write(
+            lambda conn, batch, now=now: sweep_once(conn, batch, broker.settings, now)
+        )
         latencies.append(time.perf_counter() - start)
     return 0
 

@@ -10,17 +10,20 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+from msgspec import Raw
 
-from durable_tq import errors, protocol, queries
+from durable_tq import errors, queries
 from durable_tq.config import Settings
-from durable_tq.protocol import TaskState
-from durable_tq.store import Store
+from durable_tq.store import Batch, Store
 from durable_tq.waiters import Waiters
+from durable_tq.wire import schema
+from durable_tq.wire.codec import dumps_value
+from durable_tq.wire.schema import Outcome, TaskState, WorkerCommand
 
 log = logging.getLogger("durable_tq.broker")
 
@@ -37,6 +40,86 @@ class Session:
     greeted: bool = False
     worker_id: str | None = None
     client: str | None = None
+
+
+class TaskArgs(Protocol):
+    """The arguments of one enqueue (``wire.schema.Enqueue`` and ``EnqueueItem`` are such)."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def payload(self) -> Raw | str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def delay(self) -> float | None: ...
+    @property
+    def run_at(self) -> float | None: ...
+    @property
+    def max_attempts(self) -> int | None: ...
+    @property
+    def lease(self) -> float | None: ...
+    @property
+    def unique_key(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """:class:`TaskArgs` for Python callers (tools, tests): ``payload`` is JSON text."""
+
+    queue: str
+    payload: Raw | str = "null"
+    priority: int = 0
+    delay: float | None = None
+    run_at: float | None = None
+    max_attempts: int | None = None
+    lease: float | None = None
+    unique_key: str | None = None
+
+
+class SettleArgs(Protocol):
+    """One item of a ``settle`` (``wire.schema.SettleItem`` is one)."""
+
+    @property
+    def task_id(self) -> int: ...
+    @property
+    def lease_token(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def result(self) -> Raw | str | None: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def retry(self) -> bool: ...
+    @property
+    def delay(self) -> float | None: ...
+
+
+class ClaimArgs(Protocol):
+    """What a claim asks for (``wire.schema.ClaimArgs`` is one)."""
+
+    @property
+    def queues(self) -> list[str]: ...
+    @property
+    def max(self) -> int: ...
+    @property
+    def wait(self) -> float: ...
+    @property
+    def lease(self) -> float | None: ...
+
+
+def payload_text(value: Raw | str) -> str:
+    """Raw JSON from the wire (or JSON text from a Python caller) as the text to store."""
+    return value if isinstance(value, str) else bytes(value).decode()
+
+
+def result_text(value: Raw | str | None) -> str | None:
+    """Like :func:`payload_text`; a ``null`` result is stored as no result."""
+    if value is None:
+        return None
+    text = payload_text(value)
+    return None if text == "null" else text
 
 
 @dataclass(frozen=True)
@@ -61,12 +144,13 @@ def backoff_delay(attempt: int, settings: Settings) -> float:
 
 
 def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
-    """The wire ``task`` object from a row of ``queries.TASK_COLUMNS``."""
+    """The wire ``task`` object from a row of ``queries.TASK_COLUMNS``; payload and result
+    stay the JSON text they were stored as."""
     return {
         "task_id": row[0],
         "queue": row[1],
         "state": row[2],
-        "payload": json.loads(row[3]),
+        "payload": Raw(row[3]),
         "priority": row[4],
         "attempts": row[5],
         "max_attempts": row[6],
@@ -76,7 +160,7 @@ def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
         "lease_expires_at": row[10],
         "worker_id": row[11],
         "last_error": row[12],
-        "result": None if row[13] is None else json.loads(row[13]),
+        "result": None if row[13] is None else Raw(row[13]),
         "unique_key": row[14],
         "finished_at": row[15],
     }
@@ -139,7 +223,9 @@ class Broker:
     """The queue: enqueue, claim, ack, fail and the rest, durable through :class:`Store`.
 
     Use ``async with Broker(settings) as broker``. Every write goes through the store's group
-    commit; a method returns only after its change is committed.
+    commit; a method returns only after its change is committed. Methods take plain arguments
+    named as the request fields of their op (``wire.ops``), so every front end calls them the
+    same way; ``session`` is the connection's.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -156,28 +242,6 @@ class Broker:
         self.next_due: float = float("inf")
         self.due_changed = anyio.Event()
         self._worker_sessions: Counter[str] = Counter()
-        self._handlers: dict[str, Callable[[Any, Session], Awaitable[Result]]] = {
-            "hello": self.hello,
-            "enqueue": self.enqueue,
-            "enqueue_many": self.enqueue_many,
-            "claim": self.claim,
-            "ack": self.ack,
-            "fail": self.fail,
-            "release": self.release,
-            "extend": self.extend,
-            "heartbeat": self.heartbeat,
-            "get": self.get,
-            "cancel": self.cancel,
-            "stats": self.stats,
-            "list": self.list,
-            "requeue": self.requeue,
-            "pause": self.pause,
-            "resume": self.resume,
-            "purge": self.purge,
-            "workers": self.workers,
-            "worker_state": self.worker_state,
-            "bye": self.bye,
-        }
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -195,47 +259,58 @@ class Broker:
     async def close(self) -> None:
         await self.store.close()
 
-    async def handle(self, request: protocol.Request, session: Session) -> Result:
-        """Run one validated request; the result fields of its ok reply."""
-        return await self._handlers[request.op](request, session)
-
     def _schedule_wakeup(self, moment: float) -> None:
         if moment < self.next_due:
             self.next_due = moment
             self.due_changed.set()
 
+    def notify_ready(self, ready: Counter[str]) -> None:
+        """Tasks became ready (committed): wake claims parked on their queues."""
+        for queue, count in ready.items():
+            if queue not in self.paused:
+                self.waiters.notify(queue, count)
+
     # --- session ------------------------------------------------------------------------------
 
-    async def hello(self, req: protocol.Hello, session: Session) -> Result:
+    async def hello(
+        self,
+        version: int,
+        token: str | None = None,
+        client: str | None = None,
+        worker: schema.WorkerSpec | None = None,
+        *,
+        session: Session,
+    ) -> Result:
         if session.greeted:
             raise errors.Conflict("hello was already sent on this connection")
-        if req.version != protocol.PROTOCOL_VERSION:
+        if version != schema.PROTOCOL_VERSION:
             raise errors.UnsupportedVersion(
-                f"protocol version {req.version} is not spoken here; this broker speaks "
-                f"{protocol.PROTOCOL_VERSION}",
-                supported=[protocol.PROTOCOL_VERSION],
+                f"protocol version {version} is not spoken here; this broker speaks "
+                f"{schema.PROTOCOL_VERSION}",
+                supported=[schema.PROTOCOL_VERSION],
             )
-        if self.settings.auth_tokens and not self._token_ok(req.token):
+        if self.settings.auth_tokens and not self._token_ok(token):
             raise errors.Unauthorized("missing or wrong token")
-        if req.worker is not None:
-            await self.register_worker(req.worker)
-            session.worker_id = req.worker.id
-            self._worker_sessions[req.worker.id] += 1
+        if worker is not None:
+            await self.register_worker(worker)
+            session.worker_id = worker.id
+            self._worker_sessions[worker.id] += 1
         session.greeted = True
-        session.client = req.client
+        session.client = client
         return {
-            "server": protocol.SERVER_NAME,
-            "version": protocol.PROTOCOL_VERSION,
+            "server": schema.SERVER_NAME,
+            "version": schema.PROTOCOL_VERSION,
             "heartbeat_interval": self.settings.heartbeat_interval,
         }
 
     def _token_ok(self, token: str | None) -> bool:
-        given = (token or "").encode()
+        # surrogatepass: a token with a lone surrogate is simply wrong, not a crash.
+        given = (token or "").encode("utf-8", "surrogatepass")
         # Compare against every token, always, so timing says nothing about which matched.
         matches = [hmac.compare_digest(given, t.encode()) for t in self.settings.auth_tokens]
         return token is not None and any(matches)
 
-    async def bye(self, req: protocol.Bye, session: Session) -> Result:
+    async def bye(self, *, session: Session | None = None) -> Result:
         return {}
 
     async def session_closed(self, session: Session) -> None:
@@ -250,7 +325,7 @@ class Broker:
         release = self.settings.release_on_disconnect
         now = time.time()
 
-        def gone(conn: sqlite3.Connection) -> Counter[str]:
+        def gone(conn: sqlite3.Connection, batch: Batch) -> Counter[str]:
             conn.execute(queries.WORKER_GONE, (worker_id,))
             if not release:
                 return Counter()
@@ -258,7 +333,7 @@ class Broker:
                 queries.RELEASE_WORKER_LEASES, {"now": now, "worker_id": worker_id}
             ).fetchall()
             for queue, state in rows:
-                self.store.moved(queue, TaskState.LEASED, state)
+                batch.moved(queue, TaskState.LEASED, state)
             return Counter(queue for queue, state in rows if state == TaskState.QUEUED)
 
         try:
@@ -266,26 +341,26 @@ class Broker:
         except errors.DurableTQError as exc:
             log.warning("could not record that worker %s left: %s", worker_id, exc)
             return
-        self._notify(ready)
+        self.notify_ready(ready)
 
     # --- producing ----------------------------------------------------------------------------
 
-    def _new_task(self, req: protocol.Enqueue, now: float) -> NewTask:
-        if req.delay is not None:
-            run_at = now + req.delay
-        elif req.run_at is not None:
-            run_at = req.run_at
+    def _new_task(self, args: TaskArgs, now: float) -> NewTask:
+        if args.delay is not None:
+            run_at = now + args.delay
+        elif args.run_at is not None:
+            run_at = args.run_at
         else:
             run_at = now
         return NewTask(
-            queue=req.queue,
+            queue=args.queue,
             state=TaskState.SCHEDULED if run_at > now else TaskState.QUEUED,
-            payload=protocol.dumps_value(req.payload),
-            priority=req.priority,
-            max_attempts=req.max_attempts or self.settings.max_attempts,
-            lease_seconds=self._lease(req.lease) or self.settings.default_lease,
+            payload=payload_text(args.payload),
+            priority=args.priority,
+            max_attempts=args.max_attempts or self.settings.max_attempts,
+            lease_seconds=self._lease(args.lease) or self.settings.default_lease,
             run_at=run_at,
-            unique_key=req.unique_key,
+            unique_key=args.unique_key,
         )
 
     def _lease(self, lease: float | None) -> float | None:
@@ -295,27 +370,34 @@ class Broker:
             )
         return lease
 
-    def _insert(self, conn: sqlite3.Connection, task: NewTask, now: float) -> tuple[int, bool]:
-        """On the DB thread: insert one task, or find its live twin by unique_key."""
+    def _insert(
+        self, conn: sqlite3.Connection, batch: Batch, task: NewTask, now: float
+    ) -> tuple[int, bool]:
+        """Insert one task, or find its live twin by unique_key."""
         if task.unique_key is not None:
             row = conn.execute(queries.FIND_LIVE_UNIQUE, (task.queue, task.unique_key)).fetchone()
             if row is not None:
                 return row[0], False
         limit = self.settings.max_queue_depth
         if limit:
-            # Read once per batch, then counted up here: an error later in the batch can only
-            # make the count too high, which errs on the safe side.
-            memo = self.store.batch_memo
+            # Read once per transaction, then kept exact by the batch's own counts: a refused
+            # or failed write's tasks are not counted (their moves are dropped with it).
             key = ("depth", task.queue)
-            depth = memo.get(key)
-            if depth is None:
-                depth = conn.execute(queries.QUEUE_DEPTH, (task.queue,)).fetchone()[0]
+            base = batch.memo.get(key)
+            if base is None:
+                base = batch.memo[key] = conn.execute(
+                    queries.QUEUE_DEPTH, (task.queue,)
+                ).fetchone()[0]
+            depth = (
+                base
+                + batch.net(task.queue, TaskState.QUEUED)
+                + batch.net(task.queue, TaskState.SCHEDULED)
+            )
             if depth >= limit:
                 raise errors.Busy(
                     f"queue {task.queue!r} holds {depth} waiting tasks (max_queue_depth {limit})",
                     retry_after=1.0,
                 )
-            memo[key] = depth + 1
         cursor = conn.execute(
             queries.INSERT_TASK,
             (
@@ -333,34 +415,52 @@ class Broker:
         )
         if task.queue not in self.known_queues:  # noted as known once committed
             conn.execute(queries.INSERT_QUEUE, (task.queue,))
-        self.store.moved(task.queue, None, task.state)
+        batch.moved(task.queue, None, task.state)
         assert cursor.lastrowid is not None
         return cursor.lastrowid, True
 
-    async def enqueue(self, req: protocol.Enqueue, session: Session | None = None) -> Result:
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Raw | str = "null",
+        priority: int = 0,
+        delay: float | None = None,
+        run_at: float | None = None,
+        max_attempts: int | None = None,
+        lease: float | None = None,
+        unique_key: str | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
         now = time.time()
-        task = self._new_task(req, now)
-        task_id, created = await self.store.write(lambda conn: self._insert(conn, task, now))
+        spec = TaskSpec(queue, payload, priority, delay, run_at, max_attempts, lease, unique_key)
+        task = self._new_task(spec, now)
+        # Atomic (no savepoint): everything that can refuse it runs before its INSERT; only a
+        # new queue adds a second statement.
+        task_id, created = await self.store.write(
+            lambda conn, batch: self._insert(conn, batch, task, now),
+            atomic=task.queue in self.known_queues,
+        )
         if created:
             self._after_insert([task])
         return {"task_id": task_id, "created": created}
 
     async def enqueue_many(
-        self, req: protocol.EnqueueMany, session: Session | None = None
+        self, tasks: Sequence[TaskArgs], *, session: Session | None = None
     ) -> Result:
-        if len(req.tasks) > self.settings.max_enqueue_many:
+        if len(tasks) > self.settings.max_enqueue_many:
             raise errors.BadRequest(
-                f"tasks: {len(req.tasks)} tasks is more than max_enqueue_many "
+                f"tasks: {len(tasks)} tasks is more than max_enqueue_many "
                 f"({self.settings.max_enqueue_many})"
             )
         now = time.time()
-        tasks = [self._new_task(item, now) for item in req.tasks]
+        new = [self._new_task(item, now) for item in tasks]
 
-        def insert_all(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
-            return [self._insert(conn, task, now) for task in tasks]
+        def insert_all(conn: sqlite3.Connection, batch: Batch) -> list[tuple[int, bool]]:
+            return [self._insert(conn, batch, task, now) for task in new]
 
-        outcomes = await self.store.write(insert_all, heavy=len(tasks) > HEAVY_ROWS)
-        self._after_insert([t for t, (_, created) in zip(tasks, outcomes, strict=True) if created])
+        outcomes = await self.store.write(insert_all, heavy=len(new) > HEAVY_ROWS)
+        self._after_insert([t for t, (_, created) in zip(new, outcomes, strict=True) if created])
         return {
             "task_ids": [task_id for task_id, _ in outcomes],
             "created": [created for _, created in outcomes],
@@ -375,38 +475,62 @@ class Broker:
                 ready[task.queue] += 1
             else:
                 self._schedule_wakeup(task.run_at)
-        self._notify(ready)
-
-    def _notify(self, ready: Counter[str]) -> None:
-        for queue, count in ready.items():
-            if queue not in self.paused:
-                self.waiters.notify(queue, count)
+        self.notify_ready(ready)
 
     # --- consuming ----------------------------------------------------------------------------
 
-    async def claim(self, req: protocol.Claim, session: Session) -> Result:
+    async def claim(
+        self,
+        queues: list[str],
+        max: int = 1,
+        wait: float = 0.0,
+        lease: float | None = None,
+        *,
+        session: Session,
+    ) -> Result:
         """Lease up to ``max`` of the best ready tasks; long-poll up to ``wait`` for them."""
-        if req.wait > self.settings.max_wait:
+        return {"tasks": await self._claim(queues, max, wait, lease, session, first=None)}
+
+    def _claim_plan(
+        self, queues: list[str], limit: int, wait: float, lease: float | None
+    ) -> tuple[list[str], int, float | None]:
+        if wait > self.settings.max_wait:
             raise errors.BadRequest(
-                f"wait: {req.wait} s is longer than max_wait ({self.settings.max_wait} s)"
+                f"wait: {wait} s is longer than max_wait ({self.settings.max_wait} s)"
             )
-        lease = self._lease(req.lease)
-        limit = min(req.max, self.settings.max_claim)
-        queues = list(dict.fromkeys(req.queues))
-        deadline = time.monotonic() + req.wait
-        waiter = self.waiters.join(queues) if req.wait > 0 else None
+        return list(dict.fromkeys(queues)), min(limit, self.settings.max_claim), self._lease(lease)
+
+    async def _claim(
+        self,
+        queues: list[str],
+        limit: int,
+        wait: float,
+        lease: float | None,
+        session: Session,
+        first: list[Result] | None,
+    ) -> list[Result]:
+        """Claim, then long-poll while nothing came. ``first``: the result of a first attempt
+        already made (inside a settle's transaction), or None to make it here."""
+        queues, limit, lease = self._claim_plan(queues, limit, wait, lease)
+        deadline = time.monotonic() + wait
+        if first is not None and (first or wait <= 0):
+            return first
+        waiter = self.waiters.join(queues) if wait > 0 else None
         try:
             while True:
                 if waiter is not None:
                     waiter.rearm()
-                # Shielded: a claim cancelled while its write is in a batch would still lease
-                # the tasks, and nobody would know. Cancellation lands after it, with the tasks
-                # in hand, so the caller can deliver or hand them back.
-                with anyio.CancelScope(shield=True):
-                    tasks = await self._claim_once(queues, limit, lease, session.worker_id)
+                if first is not None:
+                    tasks, first = first, None
+                else:
+                    # Shielded: a claim cancelled while its write is in a batch would still
+                    # lease the tasks, and nobody would know. Cancellation lands after it,
+                    # with the tasks in hand, so the caller can deliver or hand them back.
+                    with anyio.CancelScope(shield=True):
+                        tasks = await self._claim_once(queues, limit, lease, session.worker_id)
                 remaining = deadline - time.monotonic()
                 if tasks or waiter is None or remaining <= 0:
-                    return {"tasks": tasks}
+                    return tasks
                 with anyio.move_on_after(remaining):
                     await waiter.event.wait()
         finally:
@@ -420,28 +544,35 @@ class Broker:
         if not open_queues:
             return []
         tasks = await self.store.write(
-            lambda conn: self._lease_tasks(conn, open_queues, limit, lease, worker_id)
+            lambda conn, batch: self._lease_tasks(
+                conn, batch, open_queues, limit, lease, worker_id
+            ),
+            atomic=True,
         )
+        self._after_lease(tasks)
+        return tasks
+
+    def _after_lease(self, tasks: list[Result]) -> None:
         if tasks:
             self._schedule_wakeup(min(t["lease_expires_at"] for t in tasks))
-        return tasks
 
     def _lease_tasks(
         self,
         conn: sqlite3.Connection,
+        batch: Batch,
         queues: list[str],
         limit: int,
         lease: float | None,
         worker_id: str | None,
     ) -> list[Result]:
-        """On the DB thread: lease the best ``limit`` ready tasks across ``queues``."""
+        """Lease the best ``limit`` ready tasks across ``queues`` (one UPDATE)."""
         if worker_id is not None:
             row = conn.execute(queries.WORKER_FOR_CLAIM, (worker_id,)).fetchone()
             if row is not None:
-                state, concurrency, leased = row
-                if state != protocol.WorkerCommand.RUNNING:
+                state, capacity, leased = row
+                if state != WorkerCommand.RUNNING:
                     return []  # a quiet or terminating worker gets no new work
-                limit = min(limit, concurrency - leased)
+                limit = min(limit, capacity - leased)
                 if limit <= 0:
                     return []
         now = time.time()
@@ -462,12 +593,12 @@ class Broker:
             rows = conn.execute(queries.LEASE_IDS, params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[0]))
         for row in rows:
-            self.store.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
+            batch.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
         return [
             {
                 "task_id": r[0],
                 "queue": r[1],
-                "payload": json.loads(r[2]),
+                "payload": Raw(r[2]),
                 "priority": r[3],
                 "attempt": r[4],
                 "lease_token": r[5],
@@ -476,10 +607,12 @@ class Broker:
             for r in rows
         ]
 
+    # --- ending leases: one function each, shared by the single ops and settle ---------------
+
     def _current_lease(
         self, conn: sqlite3.Connection, task_id: int, token: str, now: float
     ) -> tuple[int, int, str]:
-        """On the DB thread: (attempts, max_attempts, queue) if ``token`` holds the lease now."""
+        """(attempts, max_attempts, queue) if ``token`` holds the task's lease now."""
         row = conn.execute(queries.LEASE_OF, (task_id,)).fetchone()
         if row is None:
             raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
@@ -498,119 +631,248 @@ class Broker:
             return errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
         return errors.LeaseLost(f"task {task_id}: this lease is no longer held", task_id=task_id)
 
-    async def ack(self, req: protocol.Ack, session: Session | None = None) -> Result:
-        result = None if req.result is None else protocol.dumps_value(req.result)
+    def _ack_row(
+        self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, result: str | None
+    ) -> Returned:
+        now = time.time()
+        row = conn.execute(queries.ACK, (result, now, now, task_id, token, now)).fetchone()
+        if row is None:
+            raise self._lease_lost_or_missing(conn, task_id)
+        batch.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
+        return TaskState.SUCCEEDED, None, row[0]
 
-        def ack(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            row = conn.execute(
-                queries.ACK, (result, now, now, req.task_id, req.lease_token, now)
-            ).fetchone()
-            if row is None:
-                raise self._lease_lost_or_missing(conn, req.task_id)
-            self.store.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
+    def _fail_row(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        task_id: int,
+        token: str,
+        error: str,
+        retry: bool,
+        delay: float | None,
+    ) -> Returned:
+        now = time.time()
+        attempts, max_attempts, queue = self._current_lease(conn, task_id, token, now)
+        if retry and attempts < max_attempts:
+            if delay is None:
+                delay = backoff_delay(attempts, self.settings)
+            state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
+            conn.execute(queries.RETRY, (state, now + delay, error, now, task_id))
+            batch.moved(queue, TaskState.LEASED, state)
+            return state, now + delay, queue
+        conn.execute(queries.BURY, (error, now, now, task_id))
+        batch.moved(queue, TaskState.LEASED, TaskState.DEAD)
+        return TaskState.DEAD, None, queue
 
-        await self.store.write(ack)
+    def _release_row(
+        self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, delay: float | None
+    ) -> Returned:
+        now = time.time()
+        _, _, queue = self._current_lease(conn, task_id, token, now)
+        delay = delay or 0.0
+        state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
+        conn.execute(queries.RELEASE, (state, now + delay, now, task_id))
+        batch.moved(queue, TaskState.LEASED, state)
+        return state, now + delay, queue
+
+    def _after_return(self, returned: Sequence[Returned]) -> None:
+        """Leased tasks went back or finished: wake claims, or the sweeper for run times."""
+        ready: Counter[str] = Counter()
+        for state, run_at, queue in returned:
+            if state == TaskState.SCHEDULED and run_at is not None:
+                self._schedule_wakeup(run_at)
+            elif state == TaskState.QUEUED:
+                ready[queue] += 1
+        if ready:
+            self.notify_ready(ready)
+
+    async def ack(
+        self,
+        task_id: int,
+        lease_token: str,
+        result: Raw | str | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        text = result_text(result)
+        await self.store.write(
+            lambda conn, batch: self._ack_row(conn, batch, task_id, lease_token, text),
+            atomic=True,
+        )
         return {}
 
-    async def fail(self, req: protocol.Fail, session: Session | None = None) -> Result:
-        def fail(conn: sqlite3.Connection) -> tuple[str, float | None, str]:
-            now = time.time()
-            attempts, max_attempts, queue = self._current_lease(
-                conn, req.task_id, req.lease_token, now
-            )
-            if req.retry and attempts < max_attempts:
-                delay = (
-                    req.delay if req.delay is not None else backoff_delay(attempts, self.settings)
+    async def fail(
+        self,
+        task_id: int,
+        lease_token: str,
+        error: str = "",
+        retry: bool = True,
+        delay: float | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        returned = await self.store.write(
+            lambda conn, batch: self._fail_row(
+                conn, batch, task_id, lease_token, error, retry, delay
+            ),
+            atomic=True,
+        )
+        self._after_return([returned])
+        return {"state": returned[0], "run_at": returned[1]}
+
+    async def release(
+        self,
+        task_id: int,
+        lease_token: str,
+        delay: float | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        returned = await self.store.write(
+            lambda conn, batch: self._release_row(conn, batch, task_id, lease_token, delay),
+            atomic=True,
+        )
+        self._after_return([returned])
+        return {"state": returned[0], "run_at": returned[1]}
+
+    async def settle(
+        self,
+        settles: Sequence[SettleArgs] = (),
+        claim: ClaimArgs | None = None,
+        *,
+        session: Session,
+    ) -> Result:
+        """End many leases in one commit, each with its own result (a stale lease is
+        ``lease_lost`` for that task alone); with ``claim``, lease the next tasks in the same
+        transaction and long-poll for them like ``claim``. A registered worker's settle is
+        also its heartbeat (``worker_state`` in the reply)."""
+        if len(settles) > self.settings.max_claim * 100:
+            raise errors.BadRequest(f"settles: {len(settles)} items is too many at once")
+        items = [
+            (item.task_id, item.lease_token, item.outcome, result_text(item.result), item)
+            for item in settles
+        ]
+        plan = None
+        if claim is not None:
+            plan = self._claim_plan(claim.queues, claim.max, claim.wait, claim.lease)
+        worker_id = session.worker_id
+
+        def write(conn: sqlite3.Connection, batch: Batch) -> _Settled:
+            settled = _Settled()
+            for task_id, token, outcome, text, item in items:
+                try:
+                    if outcome == Outcome.ACK:
+                        returned = self._ack_row(conn, batch, task_id, token, text)
+                    elif outcome == Outcome.FAIL:
+                        returned = self._fail_row(
+                            conn, batch, task_id, token, item.error, item.retry, item.delay
+                        )
+                    else:
+                        returned = self._release_row(conn, batch, task_id, token, item.delay)
+                except errors.DurableTQError as exc:  # raised before this item wrote anything
+                    settled.results.append(
+                        {"task_id": task_id, "ok": False, "error": exc.to_wire()}
+                    )
+                    continue
+                settled.returned.append(returned)
+                settled.results.append(
+                    {"task_id": task_id, "ok": True, "state": returned[0], "run_at": returned[1]}
                 )
-                state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
-                conn.execute(queries.RETRY, (state, now + delay, req.error, now, req.task_id))
-                self.store.moved(queue, TaskState.LEASED, state)
-                return state, now + delay, queue
-            conn.execute(queries.BURY, (req.error, now, now, req.task_id))
-            self.store.moved(queue, TaskState.LEASED, TaskState.DEAD)
-            return TaskState.DEAD, None, queue
+            if worker_id is not None:
+                row = conn.execute(queries.HEARTBEAT, (time.time(), worker_id)).fetchone()
+                settled.worker_state = None if row is None else row[0]
+            if plan is not None:
+                queues, limit, lease = plan
+                open_queues = [q for q in queues if q not in self.paused]
+                if open_queues:
+                    settled.tasks = self._lease_tasks(
+                        conn, batch, open_queues, limit, lease, worker_id
+                    )
+            return settled
 
-        state, run_at, queue = await self.store.write(fail)
-        self._after_return(state, run_at, queue)
-        return {"state": state, "run_at": run_at}
-
-    async def release(self, req: protocol.Release, session: Session | None = None) -> Result:
-        def release(conn: sqlite3.Connection) -> tuple[str, float, str]:
-            now = time.time()
-            _, _, queue = self._current_lease(conn, req.task_id, req.lease_token, now)
-            delay = req.delay or 0.0
-            state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
-            conn.execute(queries.RELEASE, (state, now + delay, now, req.task_id))
-            self.store.moved(queue, TaskState.LEASED, state)
-            return state, now + delay, queue
-
-        state, run_at, queue = await self.store.write(release)
-        self._after_return(state, run_at, queue)
-        return {"state": state, "run_at": run_at}
-
-    def _after_return(self, state: str, run_at: float | None, queue: str) -> None:
-        """A leased task went back: wake a claim, or the sweeper for its run time."""
-        if state == TaskState.SCHEDULED and run_at is not None:
-            self._schedule_wakeup(run_at)
-        elif state == TaskState.QUEUED:
-            self._notify(Counter({queue: 1}))
-
-    async def extend(self, req: protocol.Extend, session: Session | None = None) -> Result:
-        lease = self._lease(req.lease)
-        assert lease is not None
-
-        def extend(conn: sqlite3.Connection) -> float:
-            now = time.time()
-            expires_at = now + lease
-            cursor = conn.execute(
-                queries.EXTEND, (expires_at, now, req.task_id, req.lease_token, now)
+        # Every item is one fenced UPDATE that raises before writing: no savepoints needed.
+        # Shielded, like a claim's write: the tasks it leases must come back to the caller.
+        with anyio.CancelScope(shield=True):
+            settled = await self.store.write(write, atomic=True, heavy=len(items) > HEAVY_ROWS)
+        self._after_return(settled.returned)
+        self._after_lease(settled.tasks)
+        reply: Result = {"results": settled.results}
+        if settled.worker_state is not None:
+            reply["worker_state"] = settled.worker_state
+        if claim is not None:
+            reply["tasks"] = await self._claim(
+                claim.queues, claim.max, claim.wait, claim.lease, session, first=settled.tasks
             )
+        return reply
+
+    async def extend(
+        self,
+        task_id: int,
+        lease_token: str,
+        lease: float,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        seconds = self._lease(lease)
+        assert seconds is not None
+
+        def extend(conn: sqlite3.Connection, batch: Batch) -> float:
+            now = time.time()
+            expires_at = now + seconds
+            cursor = conn.execute(queries.EXTEND, (expires_at, now, task_id, lease_token, now))
             if cursor.rowcount == 0:
-                raise self._lease_lost_or_missing(conn, req.task_id)
+                raise self._lease_lost_or_missing(conn, task_id)
             return expires_at
 
-        return {"lease_expires_at": await self.store.write(extend)}
+        return {"lease_expires_at": await self.store.write(extend, atomic=True)}
 
     # --- workers ------------------------------------------------------------------------------
 
-    async def register_worker(self, spec: protocol.WorkerSpec) -> None:
+    async def register_worker(self, spec: schema.WorkerSpec) -> None:
         now = time.time()
         params = {
             "id": spec.id,
             "queues": None if spec.queues is None else json.dumps(spec.queues),
             "concurrency": spec.concurrency,
-            "meta": protocol.dumps_value(spec.meta),
+            "prefetch": spec.prefetch,
+            "meta": dumps_value(spec.meta),
             "now": now,
         }
-        await self.store.write(lambda conn: conn.execute(queries.REGISTER_WORKER, params))
-        log.info("worker %s registered (concurrency %d)", spec.id, spec.concurrency)
+        await self.store.write(
+            lambda conn, batch: conn.execute(queries.REGISTER_WORKER, params), atomic=True
+        )
+        log.info(
+            "worker %s registered (concurrency %d, prefetch %d)",
+            spec.id,
+            spec.concurrency,
+            spec.prefetch,
+        )
 
-    async def heartbeat(self, req: protocol.Heartbeat, session: Session) -> Result:
+    async def heartbeat(self, *, session: Session) -> Result:
         worker_id = session.worker_id
         if worker_id is None:
             raise errors.Conflict("heartbeat needs a worker registered in hello")
 
-        def beat(conn: sqlite3.Connection) -> str:
+        def beat(conn: sqlite3.Connection, batch: Batch) -> str:
             row = conn.execute(queries.HEARTBEAT, (time.time(), worker_id)).fetchone()
             if row is None:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
             return str(row[0])
 
-        return {"state": await self.store.write(beat)}
+        return {"state": await self.store.write(beat, atomic=True)}
 
     async def worker_state(
-        self, req: protocol.WorkerState, session: Session | None = None
+        self, worker_id: str, state: str, *, session: Session | None = None
     ) -> Result:
-        def set_state(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(queries.SET_WORKER_STATE, (req.state, req.worker_id))
+        def set_state(conn: sqlite3.Connection, batch: Batch) -> None:
+            cursor = conn.execute(queries.SET_WORKER_STATE, (state, worker_id))
             if cursor.rowcount == 0:
-                raise errors.NotFound(f"worker {req.worker_id} does not exist")
+                raise errors.NotFound(f"worker {worker_id} does not exist")
 
-        await self.store.write(set_state)
+        await self.store.write(set_state, atomic=True)
         return {}
 
-    async def workers(self, req: protocol.Workers, session: Session | None = None) -> Result:
+    async def workers(self, *, session: Session | None = None) -> Result:
         alive_after = time.time() - self.settings.worker_timeout
 
         def read(conn: sqlite3.Connection) -> list[Result]:
@@ -625,8 +887,9 @@ class Broker:
                     "leased": leased.get(row[0], 0),
                     "connected": bool(row[5]),
                     "alive": row[4] > alive_after,
-                    "meta": json.loads(row[6]),
+                    "meta": Raw(row[6]),
                     "registered_at": row[7],
+                    "prefetch": row[8],
                 }
                 for row in conn.execute(queries.LIST_WORKERS)
             ]
@@ -635,22 +898,28 @@ class Broker:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def get(self, req: protocol.Get, session: Session | None = None) -> Result:
+    async def get(self, task_id: int, *, session: Session | None = None) -> Result:
         row = await self.store.read(
-            lambda conn: conn.execute(queries.GET_TASK, (req.task_id,)).fetchone()
+            lambda conn: conn.execute(queries.GET_TASK, (task_id,)).fetchone()
         )
         if row is None:
-            raise errors.NotFound(f"task {req.task_id} does not exist", task_id=req.task_id)
+            raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
         return {"task": task_from_row(row)}
 
-    async def list(self, req: protocol.List, session: Session | None = None) -> Result:
+    async def list(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
         return await self.store.read(
-            lambda conn: read_task_page(conn, req.queue, req.state, req.limit, req.after_id)
+            lambda conn: read_task_page(conn, queue, state, limit, after_id)
         )
 
-    async def stats(
-        self, req: protocol.Stats | None = None, session: Session | None = None
-    ) -> Result:
+    async def stats(self, *, session: Session | None = None) -> Result:
         timeout = self.settings.worker_timeout
         result = await self.store.read(lambda conn: read_stats(conn, time.time(), timeout))
         result["connections"] = self.connections
@@ -660,79 +929,111 @@ class Broker:
 
     # --- operating ----------------------------------------------------------------------------
 
-    async def cancel(self, req: protocol.Cancel, session: Session | None = None) -> Result:
-        def cancel(conn: sqlite3.Connection) -> str:
-            row = conn.execute(queries.TASK_STATE, (req.task_id,)).fetchone()
+    async def cancel(self, task_id: int, *, session: Session | None = None) -> Result:
+        def cancel(conn: sqlite3.Connection, batch: Batch) -> str:
+            row = conn.execute(queries.TASK_STATE, (task_id,)).fetchone()
             if row is None:
-                raise errors.NotFound(f"task {req.task_id} does not exist", task_id=req.task_id)
+                raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
             state = row[0]
             if state in (TaskState.LEASED, TaskState.SUCCEEDED):
                 raise errors.Conflict(
-                    f"task {req.task_id} is {state} and cannot be cancelled", state=state
+                    f"task {task_id} is {state} and cannot be cancelled", state=state
                 )
             if state != TaskState.CANCELLED:
                 now = time.time()
-                conn.execute(queries.CANCEL, (now, now, req.task_id))
-                self.store.moved(row[1], state, TaskState.CANCELLED)
+                conn.execute(queries.CANCEL, (now, now, task_id))
+                batch.moved(row[1], state, TaskState.CANCELLED)
             return TaskState.CANCELLED.value
 
-        return {"state": await self.store.write(cancel)}
+        return {"state": await self.store.write(cancel, atomic=True)}
 
-    async def requeue(self, req: protocol.Requeue, session: Session | None = None) -> Result:
+    async def requeue(
+        self,
+        task_ids: Sequence[int] | None = None,
+        queue: str | None = None,
+        state: str | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
         now = time.time()
-        if req.task_ids is not None:
+        steps: list[tuple[str, dict[str, object]]]
+        if task_ids is not None:
             sql = queries.REQUEUE_IDS
             # One statement per old state: queue_counts needs to know what each row was.
-            ids = json.dumps(req.task_ids)
+            ids = json.dumps(list(task_ids))
             steps = [
-                (state, {"now": now, "ids": ids, "state": state})
-                for state in (TaskState.DEAD, TaskState.CANCELLED)
+                (str(old), {"now": now, "ids": ids, "state": old})
+                for old in (TaskState.DEAD, TaskState.CANCELLED)
             ]
         else:
-            assert req.state is not None
+            if queue is None or state is None:
+                raise errors.BadRequest("give task_ids, or queue and state")
             sql = queries.REQUEUE_QUEUE
-            steps = [(req.state, {"now": now, "queue": req.queue, "state": req.state})]
+            steps = [(state, {"now": now, "queue": queue, "state": state})]
 
-        def requeue(conn: sqlite3.Connection) -> Counter[str]:
+        def requeue(conn: sqlite3.Connection, batch: Batch) -> Counter[str]:
             ready: Counter[str] = Counter()
             for old_state, params in steps:
-                for (queue,) in conn.execute(sql, params):
-                    self.store.moved(queue, old_state, TaskState.QUEUED)
-                    ready[queue] += 1
+                for (name,) in conn.execute(sql, params):
+                    batch.moved(name, old_state, TaskState.QUEUED)
+                    ready[name] += 1
             return ready
 
         ready = await self.store.write(requeue, heavy=True)
-        self._notify(ready)
+        self.notify_ready(ready)
         return {"count": sum(ready.values())}
 
-    async def pause(self, req: protocol.Pause, session: Session | None = None) -> Result:
-        await self._set_paused(req.queue, True)
+    async def pause(self, queue: str, *, session: Session | None = None) -> Result:
+        await self._set_paused(queue, True)
         return {}
 
-    async def resume(self, req: protocol.Resume, session: Session | None = None) -> Result:
-        await self._set_paused(req.queue, False)
-        self.waiters.notify_all(req.queue)
+    async def resume(self, queue: str, *, session: Session | None = None) -> Result:
+        await self._set_paused(queue, False)
+        self.waiters.notify_all(queue)
         return {}
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
-        await self.store.write(lambda conn: conn.execute(queries.SET_PAUSED, (queue, int(paused))))
+        await self.store.write(
+            lambda conn, batch: conn.execute(queries.SET_PAUSED, (queue, int(paused))),
+            atomic=True,
+        )
         if paused:
             self.paused.add(queue)
         else:
             self.paused.discard(queue)
         log.info("queue %s %s", queue, "paused" if paused else "resumed")
 
-    async def purge(self, req: protocol.Purge, session: Session | None = None) -> Result:
-        sql, params = queries.PURGE_QUEUE, [req.queue]
-        if req.state is not None:
-            sql, params = queries.PURGE_QUEUE_STATE, [req.queue, req.state.value]
+    async def purge(
+        self, queue: str, state: str | None = None, *, session: Session | None = None
+    ) -> Result:
+        sql, params = queries.PURGE_QUEUE, [queue]
+        if state is not None:
+            if state == TaskState.LEASED:
+                raise errors.BadRequest("state: purge never touches leased tasks")
+            sql, params = queries.PURGE_QUEUE_STATE, [queue, str(state)]
 
-        def purge(conn: sqlite3.Connection) -> int:
-            states = Counter(state for (state,) in conn.execute(sql, params))
-            for state, n in states.items():
-                self.store.moved(req.queue, state, None, n)
+        def purge(conn: sqlite3.Connection, batch: Batch) -> int:
+            states = Counter(old for (old,) in conn.execute(sql, params))
+            for old, n in states.items():
+                batch.moved(queue, old, None, n)
             return sum(states.values())
 
         count = await self.store.write(purge, heavy=True)
-        log.info("purged %d tasks of queue %s", count, req.queue)
+        log.info("purged %d tasks of queue %s", count, queue)
         return {"count": count}
+
+
+#: What ending a lease did: (new state, run_at or None, queue).
+Returned = tuple[str, float | None, str]
+
+
+class _Settled:
+    """What a settle's transaction did."""
+
+    __slots__ = ("results", "returned", "tasks", "worker_state")
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.returned: list[Returned] = []
+        self.tasks: list[Result] = []
+        self.worker_state: str | None = None

@@ -36,7 +36,7 @@ ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n
 # --- claim ------------------------------------------------------------------------------------
 
 WORKER_FOR_CLAIM = """
-SELECT w.state, w.concurrency,
+SELECT w.state, w.concurrency + w.prefetch,
        (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.worker_id = w.id)
 FROM workers w WHERE w.id = ?
 """
@@ -147,10 +147,12 @@ PURGE_QUEUE_STATE = "DELETE FROM tasks WHERE queue = ? AND state = ? RETURNING s
 # --- workers ----------------------------------------------------------------------------------
 
 REGISTER_WORKER = """
-INSERT INTO workers (id, queues, concurrency, meta, connected, registered_at, last_heartbeat)
-VALUES (:id, :queues, :concurrency, :meta, 1, :now, :now)
+INSERT INTO workers (id, queues, concurrency, prefetch, meta, connected, registered_at,
+                     last_heartbeat)
+VALUES (:id, :queues, :concurrency, :prefetch, :meta, 1, :now, :now)
 ON CONFLICT (id) DO UPDATE SET
-    queues = excluded.queues, concurrency = excluded.concurrency, meta = excluded.meta,
+    queues = excluded.queues, concurrency = excluded.concurrency,
+    prefetch = excluded.prefetch, meta = excluded.meta,
     connected = 1, last_heartbeat = excluded.last_heartbeat,
     state = CASE WHEN state = 'terminate' THEN 'running' ELSE state END
 """
@@ -172,7 +174,7 @@ RETURNING queue, state
 """
 
 LIST_WORKERS = """
-SELECT id, queues, concurrency, state, last_heartbeat, connected, meta, registered_at
+SELECT id, queues, concurrency, state, last_heartbeat, connected, meta, registered_at, prefetch
 FROM workers ORDER BY id
 """
 

@@ -31,10 +31,13 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from durable_tq import errors, protocol
-from durable_tq.broker import Broker, Session
+from durable_tq import errors
+from durable_tq.broker import Broker, Result, Session
 from durable_tq.config import Settings
 from durable_tq.sweeper import Sweeper
+from durable_tq.wire import codec
+from durable_tq.wire import schema as protocol
+from durable_tq.wire.ops import OPS, Op
 
 log = logging.getLogger("durable_tq.server")
 
@@ -48,6 +51,13 @@ LINGER_TIMEOUT = 2.0
 #: How long a notice sent just before closing (``too_many_connections``, ``shutting_down``)
 #: may wait on a peer that does not read.
 NOTICE_TIMEOUT = 2.0
+#: Ops whose ok reply hands out leases: if such a reply cannot be delivered, the tasks are
+#: handed straight back (nobody else knows they are leased).
+LEASING_OPS = frozenset({"claim", "settle"})
+#: Reply bytes one connection may have waiting before it is no longer read (backpressure on
+#: a peer that sends requests without reading replies). One reply larger than this is still
+#: sent: the bound is checked before reading the next request.
+MAX_REPLY_BUFFER = 4 * 1024 * 1024
 
 
 class PeerGone(Exception):
@@ -129,7 +139,11 @@ class _Connection:
         self._hello_deadline = hello_deadline
         # Replies wait in the outbox; the writer task sends all that are waiting in one write
         # (a group commit answers many requests at once: one syscall instead of hundreds).
+        # A request's slot is freed as soon as its reply is in the outbox; the bytes waiting
+        # there are bounded too (max_reply_buffer), so a peer that does not read stops being
+        # read instead of growing the broker.
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._outbox_filled = anyio.Event()
         self._flushed = anyio.Event()  # set once the lines now in the outbox are written
         self._inflight = 0
@@ -161,10 +175,10 @@ class _Connection:
                 connection.start_soon(self._write_replies)
                 await self._serve_requests()
                 if self._said_bye:
-                    await self._send_quietly(protocol.ok_reply(self._bye_id, {}))
+                    await self._send_quietly(codec.ok_reply(self._bye_id, {}))
                 elif self._stopping and not self._told_shutting_down:
                     await self._send_quietly(
-                        protocol.error_reply(None, errors.ShuttingDown("the broker is stopping"))
+                        codec.error_reply(None, errors.ShuttingDown("the broker is stopping"))
                     )
                 connection.cancel_scope.cancel()  # everything is written: stop the writer
 
@@ -219,12 +233,12 @@ class _Connection:
                 return False
             if request.op != "hello":
                 await self.send(
-                    protocol.error_reply(
+                    codec.error_reply(
                         request_id, errors.HelloRequired("the first request must be hello")
                     )
                 )
                 continue
-            reply, _, closes = await self._execute(request_id, request)
+            reply, closes = await self._execute(request_id, request, OPS["hello"])
             await self.send(reply)
             if closes:
                 return False
@@ -245,6 +259,9 @@ class _Connection:
             while self._inflight >= max_inflight:
                 self._room = anyio.Event()
                 await self._room.wait()
+            while self._outbox_bytes > self.server.max_reply_buffer and not self._broken:
+                self._room = anyio.Event()
+                await self._room.wait()
             line = await self._receive_or_idle(reader, idle_timeout)
             if line is None:
                 return
@@ -256,7 +273,6 @@ class _Connection:
                 return
             if request.op == "bye":
                 # Answered last, once everything read before it has been answered.
-                await self.broker.handle(request, self.session)
                 self._bye_id, self._said_bye = request_id, True
                 return
             self._inflight += 1
@@ -330,7 +346,7 @@ class _Connection:
             return None
         except errors.FrameTooLarge as exc:
             log.warning("%r: %s; closing", self, exc.message)
-            await self.send(protocol.error_reply(None, exc))
+            await self.send(codec.error_reply(None, exc))
             return None
 
     async def _decode(self, line: bytes) -> tuple[protocol.RequestId, protocol.Request | None]:
@@ -340,94 +356,141 @@ class _Connection:
         infinity (``1e400``) is refused when the broker stores it (tests/e2e/test_bad_input.py).
         """
         try:
-            request = protocol.parse_line(line)
-        except protocol.FrameRejected as rejected:
-            await self.send(protocol.error_reply(rejected.request_id, rejected.error))
+            request = codec.parse_line(line)
+        except codec.FrameRejected as rejected:
+            await self.send(codec.error_reply(rejected.request_id, rejected.error))
             return rejected.request_id, None
         return request.id, request
 
     async def _refuse_shutting_down(self, request_id: protocol.RequestId) -> None:
         self._told_shutting_down = True
         await self._send_quietly(
-            protocol.error_reply(request_id, errors.ShuttingDown("the broker is stopping"))
+            codec.error_reply(request_id, errors.ShuttingDown("the broker is stopping"))
         )
 
     # --- running requests ---------------------------------------------------------------------
 
     async def _run_request(self, request_id: protocol.RequestId, request: protocol.Request) -> None:
+        op = OPS[request.op]
         try:
-            reply, leased, closes = await self._execute(request_id, request)
+            if op.name in LEASING_OPS:
+                await self._run_leasing(request_id, request, op)
+                return
+            reply, closes = await self._execute(request_id, request, op)
             if closes:
                 self._reader_scope.cancel()
-            try:
                 await self.send(reply)
-            except BaseException:
-                if leased:
-                    # The claim's reply did not go out: nobody knows these tasks are leased.
-                    with anyio.CancelScope(shield=True):
-                        await self._hand_back(leased)
-                raise
+            else:
+                self._post(reply)
         except PeerGone:
             pass
         finally:
             self._request_done()
 
     async def _execute(
-        self, request_id: protocol.RequestId, request: protocol.Request
-    ) -> tuple[bytes, list[dict[str, Any]], bool]:
-        """Run a request: (reply line, tasks it leased, whether the connection must close)."""
+        self, request_id: protocol.RequestId, request: protocol.Request, op: Op
+    ) -> tuple[bytes, bool]:
+        """Run a request: (reply line, whether the connection must close)."""
         try:
-            if request.op == "claim":
-                return await self._claim(request_id, request)
-            result = await self.broker.handle(request, self.session)
-            return protocol.ok_reply(request_id, result), [], False
+            result = await self._call(request, op)
+            return codec.ok_reply(request_id, result), False
         except errors.DurableTQError as exc:
-            if exc.closes_connection:
-                log.warning("%r: %s (%s); closing", self, exc.code, exc.message)
-            elif isinstance(exc, errors.Internal):
-                log.warning("%r: %s failed: %s", self, request.op, exc.message)
-            return protocol.error_reply(request_id, exc), [], exc.closes_connection
+            return self._error(request_id, op, exc), exc.closes_connection
         except Exception:
-            log.exception("%r: internal error in %s", self, request.op)
-            internal = errors.Internal(f"internal error in {request.op}; see the broker's log")
-            return protocol.error_reply(request_id, internal), [], False
+            log.exception("%r: internal error in %s", self, op.name)
+            internal = errors.Internal(f"internal error in {op.name}; see the broker's log")
+            return codec.error_reply(request_id, internal), False
 
-    async def _claim(
-        self, request_id: protocol.RequestId, request: protocol.Request
-    ) -> tuple[bytes, list[dict[str, Any]], bool]:
-        """A claim can be ended early (connection closing, shutdown) while it waits for work.
+    def _call(self, request: protocol.Request, op: Op) -> Any:
+        """The broker method of ``op``, called with the request's fields as arguments."""
+        fields = request.__struct_fields__
+        kwargs = {name: getattr(request, name) for name in fields if name != "id"}
+        return getattr(self.broker, op.handler)(**kwargs, session=self.session)
 
-        The broker shields a claim's store write, so an ended claim has either leased nothing
-        or comes back with its tasks in hand. An ended claim never delivers: whatever it
-        leased is handed back at once (the peer is going away; it cannot ack them), and the
-        reply is ``shutting_down`` when the broker stops, else an empty ``tasks`` list.
+    def _error(
+        self, request_id: protocol.RequestId, op: Op, exc: errors.DurableTQError
+    ) -> bytes:
+        if exc.closes_connection:
+            log.warning("%r: %s (%s); closing", self, exc.code, exc.message)
+        elif isinstance(exc, errors.Internal):
+            log.warning("%r: %s failed: %s", self, op.name, exc.message)
+        return codec.error_reply(request_id, exc)
+
+    async def _run_leasing(
+        self, request_id: protocol.RequestId, request: protocol.Request, op: Op
+    ) -> None:
+        """A request that may hand out leases (claim, settle with claim).
+
+        It can be ended early (connection closing, shutdown) while it waits for work. The
+        broker shields its store writes, so an ended request has either leased nothing or
+        comes back with its tasks in hand. An ended request never delivers: whatever it leased
+        is handed back at once (the peer is going away; it cannot ack them), and the reply is
+        ``shutting_down`` when the broker stops, else what it got minus the tasks. A reply
+        that is not written (the peer left) hands its tasks back too.
         """
-        tasks: list[dict[str, Any]] = []
+        result: Result | None = None
+        tasks: list[Result] = []
         with anyio.CancelScope() as scope:
             self._claims.add(scope)
             try:
                 if self._claims_ended:
                     scope.cancel()
-                result = await self.broker.handle(request, self.session)
-                tasks = result["tasks"]
+                result = await self._call(request, op)
+                tasks = result.get("tasks") or []
+            except errors.DurableTQError as exc:
+                reply = self._error(request_id, op, exc)
+                if exc.closes_connection:
+                    self._reader_scope.cancel()
+                    await self.send(reply)
+                else:
+                    self._post(reply)
+                return
+            except Exception:
+                log.exception("%r: internal error in %s", self, op.name)
+                internal = errors.Internal(f"internal error in {op.name}; see the broker's log")
+                self._post(codec.error_reply(request_id, internal))
+                return
             finally:
                 self._claims.discard(scope)
-        if not scope.cancel_called:
-            return protocol.ok_reply(request_id, result), tasks, False
-        if tasks:
-            with anyio.CancelScope(shield=True):
-                await self._hand_back(tasks)
-        if self._stopping:
-            self._told_shutting_down = True
-            reply = protocol.error_reply(request_id, errors.ShuttingDown("the broker is stopping"))
-            return reply, [], True
-        return protocol.ok_reply(request_id, {"tasks": []}), [], False
+        if result is None:  # ended while it long-polled: it leased nothing
+            if self._stopping:
+                self._told_shutting_down = True
+                self._reader_scope.cancel()
+                error: errors.DurableTQError = errors.ShuttingDown("the broker is stopping")
+                await self._send_quietly(codec.error_reply(request_id, error))
+            elif op.name == "claim":
+                self._post(codec.ok_reply(request_id, {"tasks": []}))
+            else:
+                error = errors.Conflict(
+                    "the connection is closing: the settles were committed, the claim ended"
+                )
+                self._post(codec.error_reply(request_id, error))
+            return
+        if scope.cancel_called:
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(tasks)
+            if self._stopping:
+                self._told_shutting_down = True
+                self._reader_scope.cancel()
+                reply = codec.error_reply(request_id, errors.ShuttingDown("the broker is stopping"))
+                await self._send_quietly(reply)
+                return
+            result["tasks"] = []
+            tasks = []
+        try:
+            await self.send(codec.ok_reply(request_id, result))
+        except BaseException:
+            if tasks:
+                # The reply did not go out: nobody knows these tasks are leased.
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(tasks)
+            raise
 
-    async def _hand_back(self, tasks: list[dict[str, Any]]) -> None:
+    async def _hand_back(self, tasks: list[Result]) -> None:
         for task in tasks:
-            release = protocol.Release(task_id=task["task_id"], lease_token=task["lease_token"])
             try:
-                await self.broker.release(release, self.session)
+                await self.broker.release(task["task_id"], task["lease_token"])
             except errors.DurableTQError as exc:
                 log.warning(
                     "task %d (queue %s): its claim ended undelivered and it could not be "
@@ -445,6 +508,14 @@ class _Connection:
 
     # --- writing ------------------------------------------------------------------------------
 
+    def _post(self, line: bytes) -> None:
+        """Queue one whole reply line for the writer; do not wait for it."""
+        if self._broken:
+            return
+        self._outbox.append(line)
+        self._outbox_bytes += len(line)
+        self._outbox_filled.set()
+
     async def send(self, line: bytes) -> None:
         """Queue one whole reply line and wait until it is written.
 
@@ -454,6 +525,7 @@ class _Connection:
         if self._broken:
             raise PeerGone("connection already broken")
         self._outbox.append(line)
+        self._outbox_bytes += len(line)
         flushed = self._flushed
         self._outbox_filled.set()
         try:
@@ -462,6 +534,7 @@ class _Connection:
             for index, waiting in enumerate(self._outbox):
                 if waiting is line:
                     del self._outbox[index]
+                    self._outbox_bytes -= len(line)
                     break
             raise
         if self._broken:
@@ -480,16 +553,21 @@ class _Connection:
                 continue
             batch, self._outbox = self._outbox, []
             flushed, self._flushed = self._flushed, anyio.Event()
+            data = b"".join(batch)
             try:
-                await self.stream.send(b"".join(batch))
+                await self.stream.send(data)
             except _STREAM_ERRORS as exc:
                 log.debug("%r: connection lost while writing: %s", self, exc)
                 self._broken = True
                 self._flushed.set()
+                self._room.set()
                 self._scope.cancel()
                 return
             finally:
                 flushed.set()
+            self._outbox_bytes -= len(data)
+            if self._outbox_bytes <= self.server.max_reply_buffer:
+                self._room.set()
 
     async def _send_quietly(self, line: bytes) -> None:
         """Best effort, bounded: a last word before closing."""
@@ -510,6 +588,8 @@ class BrokerServer:
         self.broker = Broker(settings)
         self.port: int = settings.port
         self.drain_timeout = DRAIN_TIMEOUT
+        #: Reply bytes a connection may have waiting to be written before it stops being read.
+        self.max_reply_buffer = MAX_REPLY_BUFFER
         self._ssl_context: ssl.SSLContext | None = None
         self._connections: set[_Connection] = set()
         self._accepted = 0
@@ -669,7 +749,7 @@ class BrokerServer:
         refusal = errors.TooManyConnections(f"the broker has {limit} connections open (max)")
         with anyio.move_on_after(NOTICE_TIMEOUT):
             with contextlib.suppress(*_STREAM_ERRORS):
-                await stream.send(protocol.error_reply(None, refusal))
+                await stream.send(codec.error_reply(None, refusal))
 
 
 async def _close_gently(raw: anyio.abc.SocketStream) -> None:

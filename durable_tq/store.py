@@ -37,8 +37,57 @@ from durable_tq.config import Settings
 log = logging.getLogger("durable_tq.store")
 
 T = TypeVar("T")
-WriteFn = Callable[[sqlite3.Connection], T]
 ReadFn = Callable[[sqlite3.Connection], T]
+
+#: A batch of at most this many writes commits on the event loop's thread: the fsync then
+#: blocks the loop, but saves the two thread crossings (about 0.1-0.2 ms, measured) that would
+#: cost more than the loop could do meanwhile. Larger batches commit on the database thread
+#: so the loop reads and parses the next requests while the disk works (docs/benchmarks.md).
+COMMIT_ON_LOOP_MAX = 4
+
+
+class Batch:
+    """What the write functions of one transaction share; passed to each of them.
+
+    ``moved`` records the state changes a write makes, so ``queue_counts`` stays exact; they
+    count only if that write succeeds (a failed write's are dropped with its savepoint).
+    ``memo`` keeps values read once per transaction (a queue's depth when the batch began).
+    """
+
+    __slots__ = ("memo", "moves", "request_moves")
+
+    def __init__(self) -> None:
+        self.memo: dict[Any, Any] = {}
+        #: Net state changes of the writes that succeeded so far: (queue, state) -> n.
+        self.moves: Counter[tuple[str, str]] = Counter()
+        #: Those of the write running now.
+        self.request_moves: Counter[tuple[str, str]] = Counter()
+
+    def moved(self, queue: str, old: str | None, new: str | None, n: int = 1) -> None:
+        """Tasks of ``queue`` went from state ``old`` to ``new`` (None: created or deleted)."""
+        moves = self.request_moves
+        if old is not None:
+            moves[(queue, old)] -= n
+        if new is not None:
+            moves[(queue, new)] += n
+
+    def net(self, queue: str, state: str) -> int:
+        """The change this transaction made so far to ``queue``'s count of ``state``,
+        including the write running now."""
+        key = (queue, state)
+        return self.moves[key] + self.request_moves[key]
+
+    def begin_request(self) -> None:
+        if self.request_moves:
+            self.request_moves = Counter()
+
+    def keep_request(self) -> None:
+        if self.request_moves:
+            self.moves.update(self.request_moves)
+            self.request_moves = Counter()
+
+
+WriteFn = Callable[[sqlite3.Connection, Batch], T]
 
 
 async def on_db_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
@@ -63,12 +112,15 @@ class _PendingWrite(Generic[T]):
     aiosqlite already ties the broker to asyncio.
     """
 
-    __slots__ = ("done", "error", "fn", "heavy", "result")
+    __slots__ = ("atomic", "done", "error", "fn", "heavy", "result")
 
-    def __init__(self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool) -> None:
+    def __init__(
+        self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool, atomic: bool
+    ) -> None:
         self.fn = fn
         self.done = done
         self.heavy = heavy
+        self.atomic = atomic
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -149,13 +201,9 @@ class Store:
         self._room.set()
         self._lock = DatabaseLock(self.path)
         self._closing = False
-        #: Scratch space for write functions, emptied at the start of every batch: a value
-        #: read once per transaction (a queue's depth) is kept here instead of read per request.
-        self.batch_memo: dict[Any, Any] = {}
+        self._batch = Batch()
         self._batch_started = 0.0
-        # Net state changes of the batch, (queue, state) -> n, and of the request running now.
-        self._batch_moves: Counter[tuple[str, str]] = Counter()
-        self._request_moves: Counter[tuple[str, str]] = Counter()
+        self.commit_on_loop_max = COMMIT_ON_LOOP_MAX
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -233,12 +281,15 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write(self, fn: WriteFn[T], *, heavy: bool = False) -> T:
-        """Run ``fn`` in the next group commit; return its result once that commit is durable.
+    async def write(self, fn: WriteFn[T], *, heavy: bool = False, atomic: bool = False) -> T:
+        """Run ``fn(conn, batch)`` in the next group commit; return its result once that commit
+        is durable.
 
         ``fn`` raising a DurableTQError undoes its own changes only and is re-raised here.
         ``heavy``: ``fn`` may touch many rows (purge, requeue by queue, a sweep); its batch
         then runs wholly on the database thread instead of on the event loop.
+        ``atomic``: ``fn`` cannot half-fail (it raises a DurableTQError only before it writes
+        anything), so it runs without a savepoint of its own.
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
@@ -247,7 +298,7 @@ class Store:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy)
+        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy, atomic)
         self._pending.append(pending)
         self._wakeup.set()
         await pending.done
@@ -273,7 +324,10 @@ class Store:
                     if any(pending.heavy for pending in batch):
                         await on_db_thread(writer, self._run_batch, batch)
                     elif self._run_statements(writer._conn, batch):
-                        await on_db_thread(writer, self._commit, batch)
+                        if len(batch) <= self.commit_on_loop_max:
+                            self._commit(writer._conn, batch)
+                        else:
+                            await on_db_thread(writer, self._commit, batch)
                 except Exception as exc:  # SAVEPOINT/RELEASE or the thread itself failed
                     log.exception("write batch failed")
                     self._abandon_transaction(writer._conn)
@@ -304,21 +358,11 @@ class Store:
         if self._run_statements(conn, batch):
             self._commit(conn, batch)
 
-    def moved(self, queue: str, old: str | None, new: str | None, n: int = 1) -> None:
-        """A write function reports tasks of ``queue`` going from state ``old`` to ``new``
-        (None: created or deleted), so queue_counts stays exact. Kept only if the request
-        succeeds; written once per batch, before COMMIT."""
-        moves = self._request_moves
-        if old is not None:
-            moves[(queue, old)] -= n
-        if new is not None:
-            moves[(queue, new)] += n
-
     def _run_statements(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
-        """BEGIN and every request under its savepoint; False when nothing is left to commit."""
+        """BEGIN and every request (under its savepoint unless atomic); False when nothing is
+        left to commit."""
         self._batch_started = time.perf_counter()
-        self.batch_memo.clear()
-        self._batch_moves.clear()
+        state = self._batch = Batch()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -327,11 +371,15 @@ class Store:
                 pending.error = error
             return False
         for pending in batch:
+            if pending.atomic:
+                if not self._run_atomic(conn, pending, state, batch):
+                    return False
+                continue
             conn.execute("SAVEPOINT request")
-            self._request_moves = Counter()
+            state.begin_request()
             try:
-                pending.result = pending.fn(conn)
-                self._batch_moves.update(self._request_moves)
+                pending.result = pending.fn(conn, state)
+                state.keep_request()
             except errors.DurableTQError as exc:
                 pending.error = exc
                 conn.execute("ROLLBACK TO request")
@@ -347,8 +395,37 @@ class Store:
             conn.execute("RELEASE request")
         return self._write_counts(conn, batch)
 
+    def _run_atomic(
+        self,
+        conn: sqlite3.Connection,
+        pending: _PendingWrite[Any],
+        state: Batch,
+        batch: list[_PendingWrite[Any]],
+    ) -> bool:
+        """A write that cannot half-fail, run without a savepoint. A storage error in it may
+        have left part of it behind, so then the whole batch is rolled back (False)."""
+        state.begin_request()
+        try:
+            pending.result = pending.fn(conn, state)
+            state.keep_request()
+        except errors.DurableTQError as exc:
+            pending.error = exc  # raised before it wrote anything: nothing to undo
+            state.begin_request()
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error):
+                log.error("write request failed in SQLite: %s", exc)
+                error: errors.DurableTQError = storage_error(exc, "writing")
+            else:
+                log.exception("write request failed")
+                error = errors.Internal(f"{type(exc).__name__} in a write")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._fail_batch(batch, error)
+            return False
+        return True
+
     def _write_counts(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
-        rows = [(queue, state, n) for (queue, state), n in self._batch_moves.items() if n]
+        rows = [(queue, state, n) for (queue, state), n in self._batch.moves.items() if n]
         if not rows:
             return True
         try:

@@ -13,7 +13,9 @@ import anyio
 
 from durable_tq import errors, queries
 from durable_tq.broker import Broker
-from durable_tq.protocol import TaskState
+from durable_tq.config import Settings
+from durable_tq.store import Batch
+from durable_tq.wire.schema import TaskState
 
 log = logging.getLogger("durable_tq.sweeper")
 
@@ -33,15 +35,16 @@ class SweepResult:
     next_due: float = math.inf
 
 
-def sweep_once(conn: sqlite3.Connection, broker: Broker, now: float) -> SweepResult:
+def sweep_once(
+    conn: sqlite3.Connection, batch: Batch, settings: Settings, now: float
+) -> SweepResult:
     """On the DB thread, in the writer's transaction: every sweep, one statement each."""
-    settings = broker.settings
     result = SweepResult()
     rows = conn.execute(
         queries.SWEEP_EXPIRED_LEASES,
         {"now": now, "worker_deadline": now - settings.worker_timeout},
     ).fetchall()
-    moved = broker.store.moved
+    moved = batch.moved
     for queue, state in rows:
         moved(queue, TaskState.LEASED, state)
         if state == TaskState.QUEUED:
@@ -82,9 +85,12 @@ class Sweeper:
         broker = self.broker
         # Anything timed that is written from here on must wake us again.
         broker.next_due = math.inf
-        result = await broker.store.write(lambda conn: sweep_once(conn, broker, now), heavy=True)
+        settings = broker.settings
+        result = await broker.store.write(
+            lambda conn, batch: sweep_once(conn, batch, settings, now), heavy=True
+        )
         broker.next_due = min(broker.next_due, result.next_due)
-        broker._notify(result.ready)
+        broker.notify_ready(result.ready)
         self.sweeps += 1
         if result.expired or result.dead or result.due or result.deleted:
             log.info(

@@ -6,6 +6,7 @@ the commands print one way whichever source they read.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from durable_tq import broker, errors, migrate, queries, store
+from durable_tq.wire import codec
 
 
 @contextmanager
@@ -68,12 +70,12 @@ def list_tasks(
     after_id: int | None,
 ) -> dict[str, Any]:
     """One page of the ``list`` reply, as the broker pages it."""
-    page: dict[str, Any] = _read(
+    page = _read(
         conn,
         "listing tasks",
         lambda c: broker.read_task_page(c, queue, state, limit, after_id),
     )
-    return page
+    return _as_on_the_wire(page)
 
 
 def get_task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
@@ -83,5 +85,10 @@ def get_task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     )
     if row is None:
         raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
-    task: dict[str, Any] = broker.task_from_row(row)
-    return task
+    return _as_on_the_wire(broker.task_from_row(row))
+
+
+def _as_on_the_wire(result: dict[str, Any]) -> dict[str, Any]:
+    """What a client would read: raw JSON (payloads, results) decoded."""
+    decoded: dict[str, Any] = json.loads(codec.encode(result))
+    return decoded

@@ -236,7 +236,7 @@ def _dumps(value: Any) -> bytes:
 def typed_requests(draw: st.DrawFn) -> bytes:
     """A request for a real op whose fields hold values of any type, often the wrong one."""
     op = draw(ops)
-    fields = [name for name in protocol.REQUESTS[op].model_fields if name not in ("id", "op")]
+    fields = [name for name in protocol.REQUESTS[op].__struct_fields__ if name not in ("id", "op")]
     chosen = draw(st.lists(st.sampled_from(fields or ["x"]), unique=True, max_size=4))
     frame: dict[str, Any] = {"op": op}
     if draw(st.booleans()):

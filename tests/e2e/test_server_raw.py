@@ -342,10 +342,10 @@ async def test_internal_error_is_short_on_the_wire_and_logged(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken(*args: Any) -> dict[str, Any]:
+    async def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise ZeroDivisionError("secret internals")
 
-    monkeypatch.setitem(server.broker._handlers, "stats", broken)
+    monkeypatch.setattr(server.broker, "stats", broken)
     async with raw_connect(server.url) as conn:
         with caplog.at_level(logging.ERROR, logger="durable_tq.server"):
             reply = await conn.request("stats")

@@ -383,7 +383,7 @@ async def test_a_lost_lease_is_logged_not_raised(
             await started.wait()
         # Another claim took the task meanwhile (as after an expired lease): a new token.
         await server.broker.store.write(
-            lambda conn: conn.execute(
+            lambda conn, batch: conn.execute(
                 "UPDATE tasks SET lease_token = 'stolen' WHERE id = ?", (result.task_id,)
             )
         )

@@ -3,41 +3,59 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from durable_tq import errors
 from durable_tq import protocol as p
-from durable_tq.broker import Broker, Session, backoff_delay
+from durable_tq.broker import Broker, Session, TaskSpec, backoff_delay
 from durable_tq.config import Settings
 
 pytestmark = pytest.mark.anyio
 
 
+def j(value: Any) -> str:
+    """JSON text of a payload or result, as the broker takes it."""
+    return p.dumps_value(value)
+
+
+def plain(value: Any) -> Any:
+    """A broker result with its raw JSON (payloads, results) decoded."""
+    if isinstance(value, msgspec.Raw):
+        return json.loads(bytes(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 async def enqueue(broker: Broker, queue: str = "q", payload: Any = None, **kw: Any) -> int:
-    reply = await broker.enqueue(p.Enqueue(queue=queue, payload=payload, **kw))
+    reply = await broker.enqueue(queue=queue, payload=j(payload), **kw)
     return int(reply["task_id"])
 
 
 async def claim(
     broker: Broker, *queues: str, session: Session | None = None, **kw: Any
 ) -> list[dict[str, Any]]:
-    reply = await broker.claim(p.Claim(queues=list(queues or ("q",)), **kw), session or Session())
-    return list(reply["tasks"])
+    reply = await broker.claim(queues=list(queues or ("q",)), **kw, session=session or Session())
+    return list(plain(reply["tasks"]))
 
 
 async def state_of(broker: Broker, task_id: int) -> str:
-    return str((await broker.get(p.Get(task_id=task_id)))["task"]["state"])
+    return str(plain((await broker.get(task_id=task_id))["task"])["state"])
 
 
 async def test_enqueue_get_roundtrip(broker: Broker) -> None:
     payload = {"to": "a@example.com", "n": [1, 2.5, None, True], "text": "héllo\n"}
     task_id = await enqueue(broker, payload=payload, priority=3, max_attempts=7, unique_key="k1")
-    task = (await broker.get(p.Get(task_id=task_id)))["task"]
+    task = plain((await broker.get(task_id=task_id))["task"])
     assert task["payload"] == payload
     assert task["state"] == "queued"
     assert (task["priority"], task["max_attempts"], task["attempts"]) == (3, 7, 0)
@@ -78,8 +96,8 @@ async def test_claim_fields_and_ack_with_result(broker: Broker) -> None:
     (task,) = await claim(broker)
     assert task["task_id"] == task_id and task["attempt"] == 1 and task["queue"] == "q"
     assert task["lease_expires_at"] == pytest.approx(time.time() + 12, abs=2)
-    await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"], result={"ok": 1}))
-    info = (await broker.get(p.Get(task_id=task_id)))["task"]
+    await broker.ack(task_id=task_id, lease_token=task["lease_token"], result=j({"ok": 1}))
+    info = plain((await broker.get(task_id=task_id))["task"])
     assert info["state"] == "succeeded" and info["result"] == {"ok": 1}
     assert info["finished_at"] is not None
     assert await claim(broker) == []
@@ -99,14 +117,14 @@ async def test_expired_lease_is_swept_and_reclaimed_with_new_token(broker: Broke
     assert second[0]["lease_token"] != first["lease_token"]
     assert second[0]["attempt"] == 2
     for op in (
-        broker.ack(p.Ack(task_id=task_id, lease_token=first["lease_token"])),
-        broker.fail(p.Fail(task_id=task_id, lease_token=first["lease_token"], error="x")),
-        broker.release(p.Release(task_id=task_id, lease_token=first["lease_token"])),
-        broker.extend(p.Extend(task_id=task_id, lease_token=first["lease_token"], lease=5)),
+        broker.ack(task_id=task_id, lease_token=first["lease_token"]),
+        broker.fail(task_id=task_id, lease_token=first["lease_token"], error="x"),
+        broker.release(task_id=task_id, lease_token=first["lease_token"]),
+        broker.extend(task_id=task_id, lease_token=first["lease_token"], lease=5),
     ):
         with pytest.raises(errors.LeaseLost):
             await op
-    await broker.ack(p.Ack(task_id=task_id, lease_token=second[0]["lease_token"]))
+    await broker.ack(task_id=task_id, lease_token=second[0]["lease_token"])
     assert await state_of(broker, task_id) == "succeeded"
 
 
@@ -118,7 +136,7 @@ async def test_expired_lease_gets_lease_lost_before_the_sweep(
         (task,) = await claim(broker, lease=0.05)
         await anyio.sleep(0.1)
         with pytest.raises(errors.LeaseLost):
-            await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"]))
+            await broker.ack(task_id=task_id, lease_token=task["lease_token"])
         assert await state_of(broker, task_id) == "leased"
 
 
@@ -128,7 +146,7 @@ async def test_expired_lease_on_last_attempt_goes_dead(broker: Broker) -> None:
     with anyio.fail_after(10):
         while await state_of(broker, task_id) != "dead":  # noqa: ASYNC110 - polling the DB
             await anyio.sleep(0.05)
-    task = (await broker.get(p.Get(task_id=task_id)))["task"]
+    task = plain((await broker.get(task_id=task_id))["task"])
     assert task["last_error"] == "lease expired"
 
 
@@ -142,7 +160,7 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
         for attempt in range(1, 5):
             # Make the task ready now, whatever its backoff: claim needs it queued.
             await broker.store.write(
-                lambda conn: conn.execute(
+                lambda conn, batch: conn.execute(
                     "UPDATE tasks SET state='queued' WHERE id=? AND state='scheduled'", (task_id,)
                 )
             )
@@ -150,7 +168,7 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
             assert task["attempt"] == attempt
             before = time.time()
             reply = await broker.fail(
-                p.Fail(task_id=task_id, lease_token=task["lease_token"], error=f"boom {attempt}")
+                task_id=task_id, lease_token=task["lease_token"], error=f"boom {attempt}"
             )
             if attempt < 4:
                 assert reply["state"] == "scheduled"
@@ -158,7 +176,7 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
             else:
                 assert reply == {"state": "dead", "run_at": None}
         assert delays == sorted(delays) and delays[0] < delays[-1]
-        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        info = plain((await broker.get(task_id=task_id))["task"])
         assert info["state"] == "dead" and info["last_error"] == "boom 4"
         assert info["attempts"] == 4
 
@@ -173,9 +191,9 @@ async def test_fail_without_retry_goes_dead_and_with_delay_zero_requeues(broker:
     a = await enqueue(broker, payload="a")
     b = await enqueue(broker, payload="b")
     ta, tb = await claim(broker, max=2)
-    reply = await broker.fail(p.Fail(task_id=a, lease_token=ta["lease_token"], retry=False))
+    reply = await broker.fail(task_id=a, lease_token=ta["lease_token"], retry=False)
     assert reply["state"] == "dead"
-    reply = await broker.fail(p.Fail(task_id=b, lease_token=tb["lease_token"], delay=0))
+    reply = await broker.fail(task_id=b, lease_token=tb["lease_token"], delay=0)
     assert reply["state"] == "queued"
     (again,) = await claim(broker)
     assert again["task_id"] == b and again["attempt"] == 2
@@ -184,12 +202,12 @@ async def test_fail_without_retry_goes_dead_and_with_delay_zero_requeues(broker:
 async def test_release_does_not_count_the_attempt(broker: Broker) -> None:
     task_id = await enqueue(broker)
     (task,) = await claim(broker)
-    reply = await broker.release(p.Release(task_id=task_id, lease_token=task["lease_token"]))
+    reply = await broker.release(task_id=task_id, lease_token=task["lease_token"])
     assert reply["state"] == "queued"
     (task,) = await claim(broker)
     assert task["attempt"] == 1
     reply = await broker.release(
-        p.Release(task_id=task_id, lease_token=task["lease_token"], delay=30)
+        task_id=task_id, lease_token=task["lease_token"], delay=30
     )
     assert reply["state"] == "scheduled" and reply["run_at"] > time.time() + 25
     assert await claim(broker) == []
@@ -199,38 +217,38 @@ async def test_extend_moves_the_lease(broker: Broker) -> None:
     task_id = await enqueue(broker)
     (task,) = await claim(broker, lease=1)
     reply = await broker.extend(
-        p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=60)
+        task_id=task_id, lease_token=task["lease_token"], lease=60
     )
     assert reply["lease_expires_at"] > time.time() + 50
     with pytest.raises(errors.BadRequest):
-        await broker.extend(p.Extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9))
+        await broker.extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9)
 
 
 async def test_unknown_task_is_not_found(broker: Broker) -> None:
     for op in (
-        broker.get(p.Get(task_id=999)),
-        broker.cancel(p.Cancel(task_id=999)),
-        broker.ack(p.Ack(task_id=999, lease_token="x")),
-        broker.fail(p.Fail(task_id=999, lease_token="x")),
-        broker.release(p.Release(task_id=999, lease_token="x")),
-        broker.extend(p.Extend(task_id=999, lease_token="x", lease=1)),
+        broker.get(task_id=999),
+        broker.cancel(task_id=999),
+        broker.ack(task_id=999, lease_token="x"),
+        broker.fail(task_id=999, lease_token="x"),
+        broker.release(task_id=999, lease_token="x"),
+        broker.extend(task_id=999, lease_token="x", lease=1),
     ):
         with pytest.raises(errors.NotFound):
             await op
 
 
 async def test_unique_key_returns_the_live_task_then_frees_when_done(broker: Broker) -> None:
-    first = await broker.enqueue(p.Enqueue(queue="q", payload=1, unique_key="order-7"))
-    again = await broker.enqueue(p.Enqueue(queue="q", payload=2, unique_key="order-7"))
+    first = await broker.enqueue(queue="q", payload=j(1), unique_key="order-7")
+    again = await broker.enqueue(queue="q", payload=j(2), unique_key="order-7")
     assert first["created"] is True
     assert again == {"task_id": first["task_id"], "created": False}
-    other_queue = await broker.enqueue(p.Enqueue(queue="r", payload=3, unique_key="order-7"))
+    other_queue = await broker.enqueue(queue="r", payload=j(3), unique_key="order-7")
     assert other_queue["created"] is True
     (task,) = await claim(broker)
-    dup_while_leased = await broker.enqueue(p.Enqueue(queue="q", payload=4, unique_key="order-7"))
+    dup_while_leased = await broker.enqueue(queue="q", payload=j(4), unique_key="order-7")
     assert dup_while_leased["created"] is False
-    await broker.ack(p.Ack(task_id=task["task_id"], lease_token=task["lease_token"]))
-    after = await broker.enqueue(p.Enqueue(queue="q", payload=5, unique_key="order-7"))
+    await broker.ack(task_id=task["task_id"], lease_token=task["lease_token"])
+    after = await broker.enqueue(queue="q", payload=j(5), unique_key="order-7")
     assert after["created"] is True and after["task_id"] != first["task_id"]
 
 
@@ -239,12 +257,12 @@ async def test_enqueue_many_is_all_or_nothing(
 ) -> None:
     async with Broker(make_settings(max_queue_depth=3)) as broker:
         reply = await broker.enqueue_many(
-            p.EnqueueMany(tasks=[p.Enqueue(queue="q", payload=i) for i in range(2)])
+            tasks=[TaskSpec(queue="q", payload=j(i)) for i in range(2)]
         )
         assert len(reply["task_ids"]) == 2 and reply["created"] == [True, True]
         with pytest.raises(errors.Busy) as busy:
             await broker.enqueue_many(
-                p.EnqueueMany(tasks=[p.Enqueue(queue="q", payload=i) for i in range(2)])
+                tasks=[TaskSpec(queue="q", payload=j(i)) for i in range(2)]
             )
         assert busy.value.retry_after > 0
         stats = await broker.stats()
@@ -253,13 +271,13 @@ async def test_enqueue_many_is_all_or_nothing(
 
 async def test_enqueue_many_dedupes_within_and_reports_created(broker: Broker) -> None:
     reply = await broker.enqueue_many(
-        p.EnqueueMany(
+
             tasks=[
-                p.Enqueue(queue="q", payload=1, unique_key="u"),
-                p.Enqueue(queue="q", payload=2, unique_key="u"),
-                p.Enqueue(queue="q", payload=3),
+                TaskSpec(queue="q", payload=j(1), unique_key="u"),
+                TaskSpec(queue="q", payload=j(2), unique_key="u"),
+                TaskSpec(queue="q", payload=j(3)),
             ]
-        )
+
     )
     assert reply["task_ids"][0] == reply["task_ids"][1]
     assert reply["created"] == [True, False, True]
@@ -279,7 +297,7 @@ async def test_max_queue_depth_gives_busy(make_settings: Callable[..., Settings]
 async def test_max_enqueue_many_is_enforced(make_settings: Callable[..., Settings]) -> None:
     async with Broker(make_settings(max_enqueue_many=3)) as broker:
         with pytest.raises(errors.BadRequest, match="max_enqueue_many"):
-            await broker.enqueue_many(p.EnqueueMany(tasks=[p.Enqueue(queue="q") for _ in range(4)]))
+            await broker.enqueue_many(tasks=[TaskSpec(queue="q") for _ in range(4)])
 
 
 async def test_delay_and_run_at_schedule_then_become_ready(broker: Broker) -> None:
@@ -329,7 +347,7 @@ async def test_claim_wait_ends_empty_at_the_deadline(broker: Broker) -> None:
 
 
 async def test_pause_stops_claims_and_resume_wakes_them(broker: Broker) -> None:
-    await broker.pause(p.Pause(queue="q"))
+    await broker.pause(queue="q")
     task_id = await enqueue(broker)
     assert await claim(broker) == []
     stats = await broker.stats()
@@ -337,7 +355,7 @@ async def test_pause_stops_claims_and_resume_wakes_them(broker: Broker) -> None:
 
     async def resume_later() -> None:
         await anyio.sleep(0.2)
-        await broker.resume(p.Resume(queue="q"))
+        await broker.resume(queue="q")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(resume_later)
@@ -347,7 +365,7 @@ async def test_pause_stops_claims_and_resume_wakes_them(broker: Broker) -> None:
 
 
 async def test_pause_on_unknown_queue_shows_in_stats(broker: Broker) -> None:
-    await broker.pause(p.Pause(queue="empty"))
+    await broker.pause(queue="empty")
     stats = await broker.stats()
     assert stats["queues"]["empty"]["paused"] is True
     assert stats["queues"]["empty"]["queued"] == 0
@@ -358,40 +376,40 @@ async def test_cancel_rules(broker: Broker) -> None:
     scheduled = await enqueue(broker, payload="later", delay=60)
     leased = await enqueue(broker, "other")
     (lease,) = await claim(broker, "other")
-    assert (await broker.cancel(p.Cancel(task_id=queued)))["state"] == "cancelled"
-    assert (await broker.cancel(p.Cancel(task_id=queued)))["state"] == "cancelled"
-    assert (await broker.cancel(p.Cancel(task_id=scheduled)))["state"] == "cancelled"
+    assert (await broker.cancel(task_id=queued))["state"] == "cancelled"
+    assert (await broker.cancel(task_id=queued))["state"] == "cancelled"
+    assert (await broker.cancel(task_id=scheduled))["state"] == "cancelled"
     with pytest.raises(errors.Conflict):
-        await broker.cancel(p.Cancel(task_id=leased))
-    await broker.ack(p.Ack(task_id=leased, lease_token=lease["lease_token"]))
+        await broker.cancel(task_id=leased)
+    await broker.ack(task_id=leased, lease_token=lease["lease_token"])
     with pytest.raises(errors.Conflict):
-        await broker.cancel(p.Cancel(task_id=leased))
+        await broker.cancel(task_id=leased)
     dead = await enqueue(broker, payload="dead", max_attempts=1)
     (lease,) = await claim(broker)
-    await broker.fail(p.Fail(task_id=dead, lease_token=lease["lease_token"]))
-    assert (await broker.cancel(p.Cancel(task_id=dead)))["state"] == "cancelled"
+    await broker.fail(task_id=dead, lease_token=lease["lease_token"])
+    assert (await broker.cancel(task_id=dead))["state"] == "cancelled"
 
 
 async def test_requeue_by_ids_and_by_queue(broker: Broker) -> None:
     ids = [await enqueue(broker, payload=i, max_attempts=1) for i in range(3)]
     live = await enqueue(broker, payload="live")
     for lease in await claim(broker, max=3):
-        await broker.fail(p.Fail(task_id=lease["task_id"], lease_token=lease["lease_token"]))
+        await broker.fail(task_id=lease["task_id"], lease_token=lease["lease_token"])
     assert [await state_of(broker, i) for i in ids] == ["dead"] * 3
-    reply = await broker.requeue(p.Requeue(task_ids=[ids[0], live, 12345]))
+    reply = await broker.requeue(task_ids=[ids[0], live, 12345])
     assert reply["count"] == 1  # only dead/cancelled tasks move
-    info = (await broker.get(p.Get(task_id=ids[0])))["task"]
+    info = plain((await broker.get(task_id=ids[0]))["task"])
     assert info["state"] == "queued" and info["attempts"] == 0
-    reply = await broker.requeue(p.Requeue(queue="q", state=p.TaskState.DEAD))
+    reply = await broker.requeue(queue="q", state=p.TaskState.DEAD)
     assert reply["count"] == 2
 
 
 async def test_requeue_skips_a_dead_twin_of_a_live_unique_task(broker: Broker) -> None:
     dead = await enqueue(broker, unique_key="u", max_attempts=1)
     (lease,) = await claim(broker)
-    await broker.fail(p.Fail(task_id=dead, lease_token=lease["lease_token"]))
+    await broker.fail(task_id=dead, lease_token=lease["lease_token"])
     await enqueue(broker, unique_key="u")
-    assert (await broker.requeue(p.Requeue(task_ids=[dead])))["count"] == 0
+    assert (await broker.requeue(task_ids=[dead]))["count"] == 0
 
 
 async def test_purge_never_touches_leased(broker: Broker) -> None:
@@ -399,8 +417,8 @@ async def test_purge_never_touches_leased(broker: Broker) -> None:
         await enqueue(broker, payload=i)
     await enqueue(broker, payload="later", delay=60)
     (lease,) = await claim(broker)
-    assert (await broker.purge(p.Purge(queue="q", state=p.TaskState.SCHEDULED)))["count"] == 1
-    assert (await broker.purge(p.Purge(queue="q")))["count"] == 3
+    assert (await broker.purge(queue="q", state=p.TaskState.SCHEDULED))["count"] == 1
+    assert (await broker.purge(queue="q"))["count"] == 3
     assert await state_of(broker, lease["task_id"]) == "leased"
     stats = (await broker.stats())["queues"]["q"]
     assert (stats["queued"], stats["leased"], stats["scheduled"]) == (0, 1, 0)
@@ -411,7 +429,7 @@ async def test_stats_counts_every_state(broker: Broker) -> None:
     await enqueue(broker)
     await enqueue(broker, delay=100)
     (lease,) = await claim(broker)
-    await broker.ack(p.Ack(task_id=a, lease_token=lease["lease_token"]))
+    await broker.ack(task_id=a, lease_token=lease["lease_token"])
     await enqueue(broker)
     stats = await broker.stats()
     q = stats["queues"]["q"]
@@ -427,46 +445,46 @@ async def test_list_pages_with_after_id(broker: Broker) -> None:
     after = None
     while True:
         page = await broker.list(
-            p.List(queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after)
+            queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after
         )
         seen += [t["task_id"] for t in page["tasks"]]
         after = page["next_after_id"]
         if after is None:
             break
     assert seen == ids
-    all_tasks = await broker.list(p.List())
+    all_tasks = await broker.list()
     assert len(all_tasks["tasks"]) == 8 and all_tasks["next_after_id"] is None
 
 
 async def test_workers_register_heartbeat_and_state(broker: Broker) -> None:
     session = Session()
     spec = p.WorkerSpec(id="w1", queues=["q"], concurrency=2, meta={"host": "h"})
-    await broker.hello(p.Hello(version=1, worker=spec), session)
-    assert (await broker.heartbeat(p.Heartbeat(), session))["state"] == "running"
-    await broker.worker_state(p.WorkerState(worker_id="w1", state=p.WorkerCommand.QUIET))
-    assert (await broker.heartbeat(p.Heartbeat(), session))["state"] == "quiet"
-    (worker,) = (await broker.workers(p.Workers()))["workers"]
+    await broker.hello(version=1, worker=spec, session=session)
+    assert (await broker.heartbeat(session=session))["state"] == "running"
+    await broker.worker_state(worker_id="w1", state=p.WorkerCommand.QUIET)
+    assert (await broker.heartbeat(session=session))["state"] == "quiet"
+    (worker,) = (await broker.workers())["workers"]
     assert worker["id"] == "w1" and worker["state"] == "quiet" and worker["concurrency"] == 2
     assert (await broker.stats())["workers"] == 1
     with pytest.raises(errors.NotFound):
-        await broker.worker_state(p.WorkerState(worker_id="nope", state=p.WorkerCommand.QUIET))
+        await broker.worker_state(worker_id="nope", state=p.WorkerCommand.QUIET)
     with pytest.raises(errors.Conflict):
-        await broker.heartbeat(p.Heartbeat(), Session())
+        await broker.heartbeat(session=Session())
 
 
 async def test_quiet_worker_gets_no_tasks_and_concurrency_caps_leases(broker: Broker) -> None:
     session = Session()
     spec = p.WorkerSpec(id="w", concurrency=2)
-    await broker.hello(p.Hello(version=1, worker=spec), session)
+    await broker.hello(version=1, worker=spec, session=session)
     for i in range(5):
         await enqueue(broker, payload=i)
     assert len(await claim(broker, session=session, max=10)) == 2
     assert await claim(broker, session=session, max=10) == []
-    assert (await broker.workers(p.Workers()))["workers"][0]["leased"] == 2
-    await broker.worker_state(p.WorkerState(worker_id="w", state=p.WorkerCommand.QUIET))
+    assert (await broker.workers())["workers"][0]["leased"] == 2
+    await broker.worker_state(worker_id="w", state=p.WorkerCommand.QUIET)
     other = Session()
-    await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w2", concurrency=9)), other)
-    await broker.worker_state(p.WorkerState(worker_id="w2", state=p.WorkerCommand.QUIET))
+    await broker.hello(version=1, worker=p.WorkerSpec(id="w2", concurrency=9), session=other)
+    await broker.worker_state(worker_id="w2", state=p.WorkerCommand.QUIET)
     assert await claim(broker, session=other) == []
 
 
@@ -477,13 +495,13 @@ async def test_silent_worker_leases_are_released(make_settings: Callable[..., Se
     async with Broker(settings) as broker, anyio.create_task_group() as tg:
         tg.start_soon(Sweeper(broker).run)
         session = Session()
-        await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w")), session)
+        await broker.hello(version=1, worker=p.WorkerSpec(id="w"), session=session)
         task_id = await enqueue(broker)
         await claim(broker, session=session, lease=3600)
         with anyio.fail_after(10):
             again = await claim(broker, wait=5)
         assert again[0]["task_id"] == task_id
-        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        info = plain((await broker.get(task_id=task_id))["task"])
         assert info["attempts"] == 2
         tg.cancel_scope.cancel()
 
@@ -493,16 +511,16 @@ async def test_hello_checks_version_token_and_repeat(
 ) -> None:
     async with Broker(make_settings(auth_tokens=["s3cret", "other"])) as broker:
         with pytest.raises(errors.UnsupportedVersion):
-            await broker.hello(p.Hello(version=2, token="s3cret"), Session())
+            await broker.hello(version=2, token="s3cret", session=Session())
         with pytest.raises(errors.Unauthorized):
-            await broker.hello(p.Hello(version=1, token="wrong"), Session())
+            await broker.hello(version=1, token="wrong", session=Session())
         with pytest.raises(errors.Unauthorized):
-            await broker.hello(p.Hello(version=1), Session())
+            await broker.hello(version=1, session=Session())
         session = Session()
-        reply = await broker.hello(p.Hello(version=1, token="other"), session)
+        reply = await broker.hello(version=1, token="other", session=session)
         assert reply["version"] == 1 and reply["heartbeat_interval"] > 0
         with pytest.raises(errors.Conflict):
-            await broker.hello(p.Hello(version=1, token="other"), session)
+            await broker.hello(version=1, token="other", session=session)
 
 
 async def test_lease_over_max_lease_is_bad_request(broker: Broker) -> None:
@@ -520,13 +538,13 @@ async def test_state_survives_close_and_reopen(settings: Settings) -> None:
         waiting = await enqueue(broker, payload="waiting", priority=-1)
         later = await enqueue(broker, payload="later", delay=3600)
         first, second = await claim(broker, max=2)
-        await broker.ack(p.Ack(task_id=done, lease_token=first["lease_token"]))
-        await broker.pause(p.Pause(queue="paused"))
+        await broker.ack(task_id=done, lease_token=first["lease_token"])
+        await broker.pause(queue="paused")
     async with Broker(settings) as broker:
         states = [await state_of(broker, t) for t in (done, leased, waiting, later)]
         assert states == ["succeeded", "leased", "queued", "scheduled"]
         # The lease that was out keeps its token until it expires.
-        await broker.ack(p.Ack(task_id=leased, lease_token=second["lease_token"]))
+        await broker.ack(task_id=leased, lease_token=second["lease_token"])
         assert broker.paused == {"paused"}
         assert (await claim(broker))[0]["task_id"] == waiting
 
@@ -560,7 +578,7 @@ async def test_one_bad_request_in_a_batch_does_not_spoil_the_others(broker: Brok
 
     async def ack_bogus() -> None:
         try:
-            await broker.ack(p.Ack(task_id=424242, lease_token="nope"))
+            await broker.ack(task_id=424242, lease_token="nope")
         except errors.NotFound as exc:
             bad.append(exc)
 
@@ -581,20 +599,20 @@ async def test_retention_deletes_old_finished_tasks(make_settings: Callable[...,
     async with Broker(make_settings(retention=0.2)) as broker:
         old = await enqueue(broker)
         (lease,) = await claim(broker)
-        await broker.ack(p.Ack(task_id=old, lease_token=lease["lease_token"]))
+        await broker.ack(task_id=old, lease_token=lease["lease_token"])
         keep = await enqueue(broker)
         await anyio.sleep(0.3)
         result = await Sweeper(broker).sweep()
         assert result.deleted == 1
         with pytest.raises(errors.NotFound):
-            await broker.get(p.Get(task_id=old))
+            await broker.get(task_id=old)
         assert await state_of(broker, keep) == "queued"
 
 
 async def test_task_ids_are_never_reused(broker: Broker) -> None:
     await enqueue(broker, "a")
     purged = await enqueue(broker, "b")
-    await broker.purge(p.Purge(queue="b"))
+    await broker.purge(queue="b")
     assert await enqueue(broker, "c") > purged
 
 
@@ -604,7 +622,7 @@ async def test_a_refused_batch_does_not_leave_its_queue_unrecorded(
     async with Broker(make_settings(max_queue_depth=1)) as broker:
         with pytest.raises(errors.Busy):
             await broker.enqueue_many(
-                p.EnqueueMany(tasks=[p.Enqueue(queue="fresh"), p.Enqueue(queue="fresh")])
+                tasks=[TaskSpec(queue="fresh"), TaskSpec(queue="fresh")]
             )
         await enqueue(broker, "fresh")
         rows = await broker.store.read(
@@ -618,7 +636,7 @@ async def test_oldest_queued_age_is_the_longest_wait(broker: Broker) -> None:
     await enqueue(broker, payload="b")
     (lease,) = await claim(broker)
     await anyio.sleep(0.3)
-    await broker.fail(p.Fail(task_id=first, lease_token=lease["lease_token"], delay=0))
+    await broker.fail(task_id=first, lease_token=lease["lease_token"], delay=0)
     age = (await broker.stats())["queues"]["q"]["oldest_queued_age"]
     assert age >= 0.3
 
@@ -630,9 +648,9 @@ async def test_a_claim_answered_before_its_commit_is_visible_to_the_next_read(
     for i in range(20):
         task_id = await enqueue(broker, payload=i)
         (task,) = await claim(broker)
-        info = (await broker.get(p.Get(task_id=task_id)))["task"]
+        info = plain((await broker.get(task_id=task_id))["task"])
         assert info["state"] == "leased" and info["attempts"] == 1
-        await broker.ack(p.Ack(task_id=task_id, lease_token=task["lease_token"]))
+        await broker.ack(task_id=task_id, lease_token=task["lease_token"])
 
 
 async def test_queue_counts_stay_exact_through_every_kind_of_change(
@@ -661,10 +679,10 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
             return kept, actual
 
         session = Session()
-        await broker.hello(p.Hello(version=1, worker=p.WorkerSpec(id="w", concurrency=50)), session)
+        await broker.hello(version=1, worker=p.WorkerSpec(id="w", concurrency=50), session=session)
         for queue in ("a", "b"):
             await broker.enqueue_many(
-                p.EnqueueMany(tasks=[p.Enqueue(queue=queue, payload=i) for i in range(12)])
+                tasks=[TaskSpec(queue=queue, payload=j(i)) for i in range(12)]
             )
         await enqueue(broker, "a", delay=0.1)
         await enqueue(broker, "b", unique_key="u")
@@ -672,32 +690,32 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         leases = await claim(broker, "a", "b", session=session, max=14)
         ack, fail, dead, release, expire, keep = (leases[i::6] for i in range(6))
         for t in ack:
-            await broker.ack(p.Ack(task_id=t["task_id"], lease_token=t["lease_token"]))
+            await broker.ack(task_id=t["task_id"], lease_token=t["lease_token"])
         for t in fail:
-            await broker.fail(p.Fail(task_id=t["task_id"], lease_token=t["lease_token"], delay=0))
+            await broker.fail(task_id=t["task_id"], lease_token=t["lease_token"], delay=0)
         for t in dead:
             await broker.fail(
-                p.Fail(task_id=t["task_id"], lease_token=t["lease_token"], retry=False)
+                task_id=t["task_id"], lease_token=t["lease_token"], retry=False
             )
         for t in release:
-            await broker.release(p.Release(task_id=t["task_id"], lease_token=t["lease_token"]))
+            await broker.release(task_id=t["task_id"], lease_token=t["lease_token"])
         for t in expire:
             await broker.extend(
-                p.Extend(task_id=t["task_id"], lease_token=t["lease_token"], lease=0.01)
+                task_id=t["task_id"], lease_token=t["lease_token"], lease=0.01
             )
-        queued = (await broker.list(p.List(state=p.TaskState.QUEUED, limit=3)))["tasks"]
+        queued = (await broker.list(state=p.TaskState.QUEUED, limit=3))["tasks"]
         for task in queued:
-            await broker.cancel(p.Cancel(task_id=task["task_id"]))
-        await broker.requeue(p.Requeue(task_ids=[queued[0]["task_id"], dead[0]["task_id"]]))
-        await broker.requeue(p.Requeue(queue="a", state=p.TaskState.DEAD))
-        await broker.purge(p.Purge(queue="b", state=p.TaskState.CANCELLED))
+            await broker.cancel(task_id=task["task_id"])
+        await broker.requeue(task_ids=[queued[0]["task_id"], dead[0]["task_id"]])
+        await broker.requeue(queue="a", state=p.TaskState.DEAD)
+        await broker.purge(queue="b", state=p.TaskState.CANCELLED)
         kept, actual = await broker.store.read(counts)
         assert kept == actual
         assert len({state for _, state in actual}) >= 4
         await anyio.sleep(0.35)
         await sweeper.sweep()  # expired leases, due task, retention of the acked ones
         await broker.session_closed(session)  # the worker's remaining leases are released
-        await broker.purge(p.Purge(queue="a", state=p.TaskState.SUCCEEDED))
+        await broker.purge(queue="a", state=p.TaskState.SUCCEEDED)
         assert keep, "the mix must leave some leases to the disconnect"
 
         kept, actual = await broker.store.read(counts)
@@ -710,7 +728,7 @@ async def test_a_batch_that_breaks_midway_commits_nothing_and_the_next_one_works
     """A failure outside any request's own error handling (here: the savepoint machinery)
     must roll the batch back, not leave the transaction open for every later BEGIN to fail."""
 
-    def insert_then_break(conn: Any) -> None:
+    def insert_then_break(conn: Any, batch: Any) -> None:
         conn.execute("INSERT INTO queues (name) VALUES ('ghost')")  # would commit if the batch did
         conn.execute("RELEASE request")  # the writer's own RELEASE after this then fails
 
