@@ -33,6 +33,7 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack
 from urllib.parse import unquote, urlsplit
@@ -523,6 +524,26 @@ class AsyncClient:
         if tls and options.get("ssl_context") is None:
             options["ssl_context"] = ssl.create_default_context()
         return cls(host, port, **options)
+
+    @classmethod
+    def from_env(
+        cls, *, config_file: str | Path | None = None, **options: Unpack[ClientOptions]
+    ) -> AsyncClient:
+        """A client for the broker every ``durable-tq`` command would reach.
+
+        ``DURABLE_TQ_URL``, ``DURABLE_TQ_TOKEN`` and ``DURABLE_TQ_CAFILE``, else host, port,
+        first token and certificate from the broker's settings (``config_file``, else
+        ``DURABLE_TQ_CONFIG``, else ``./durable_tq.toml``; ``DURABLE_TQ_HOST``/``_PORT``),
+        else ``tcp://127.0.0.1:7480``. ``token=`` and ``ssl_context=`` win when given.
+        docs/clients.md "Finding the broker" has the whole order.
+        """
+        from durable_tq import locate  # the settings machinery only for those who use it
+
+        target = locate.locate_broker(token=options.get("token"), config_file=config_file)
+        options["token"] = target.token
+        if options.get("ssl_context") is None:
+            options["ssl_context"] = target.ssl_context
+        return cls.from_url(target.url, **options)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1239,6 +1260,15 @@ class Client:
         """Like ``AsyncClient.from_url``; connects before returning."""
         client = cls.__new__(cls)
         client._start(AsyncClient.from_url(url, **options))
+        return client
+
+    @classmethod
+    def from_env(
+        cls, *, config_file: str | Path | None = None, **options: Unpack[ClientOptions]
+    ) -> Client:
+        """Like ``AsyncClient.from_env``; connects before returning."""
+        client = cls.__new__(cls)
+        client._start(AsyncClient.from_env(config_file=config_file, **options))
         return client
 
     def _start(self, async_client: AsyncClient) -> None:

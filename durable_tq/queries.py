@@ -183,7 +183,9 @@ SELECT worker_id, count(*) FROM tasks WHERE state = 'leased' AND worker_id IS NO
 GROUP BY worker_id
 """
 
-LIVE_WORKERS = "SELECT count(*) FROM workers WHERE last_heartbeat > ?"
+# Live: connected now (WORKER_GONE clears it when a worker's last connection closes, after
+# a bye too) and heard from within worker_timeout (a crashed broker leaves connected = 1).
+LIVE_WORKERS = "SELECT count(*) FROM workers WHERE connected = 1 AND last_heartbeat > ?"
 
 # --- reads ------------------------------------------------------------------------------------
 

@@ -629,24 +629,33 @@ class BrokerServer:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Open the broker, listen, serve until shut down, then close everything in order."""
+        """Listen, open the broker, serve until shut down, then close everything in order.
+
+        The port is bound first: a port in use fails before the database file is created or
+        migrated. Connections that arrive while the database opens wait in the backlog.
+        """
         self._ssl_context = self._make_ssl_context()
-        await self.broker.open()
         try:
-            try:
-                listener = await anyio.create_tcp_listener(
-                    local_host=self.settings.host, local_port=self.settings.port
-                )
-            except OSError as exc:
-                where = f"{self.settings.host}:{self.settings.port}"
-                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
+            listener = await anyio.create_tcp_listener(
+                local_host=self.settings.host, local_port=self.settings.port
+            )
+        except OSError as exc:
+            where = f"{self.settings.host}:{self.settings.port}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
+        try:
+            await self.broker.open()
+        except BaseException:
+            await listener.aclose()
+            raise
+        try:
             self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             async with anyio.create_task_group() as background:
                 background.start_soon(Sweeper(self.broker).run, name="durable_tq sweeper")
                 async with anyio.create_task_group() as connections:
                     self._accept_scope = anyio.CancelScope()
                     connections.start_soon(self._accept, listener, connections)
-                    log.info("listening on %s (database %s)", self.url, self.settings.db_path)
+                    # At debug level: run() (and the CLI) says it once, at INFO or on stdout.
+                    log.debug("listening on %s (database %s)", self.url, self.settings.db_path)
                     task_status.started(self)
                     await self._shutdown.wait()
                     # _accept has stopped; this group now waits for every connection to close.
@@ -837,7 +846,9 @@ async def _run(settings: Settings, on_listening: Callable[[BrokerServer], None] 
                 tg.cancel_scope.cancel()
                 raise
             if on_listening is not None:
-                on_listening(server)
+                on_listening(server)  # the caller says "listening" (durable-tq serve: stdout)
+            else:
+                log.info("listening on %s (database %s)", server.url, settings.db_path)
 
 
 async def _watch_signals(signals: Any, server: BrokerServer) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
+
+import durable_tq
 
 app = typer.Typer(
     name="durable-tq",
@@ -18,9 +23,37 @@ EXIT_OPERATION_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
+#: Turned on by ``--traceback``: failing commands and worker logs show whole Python traces.
+DEBUG_ENV = "DURABLE_TQ_DEBUG"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"durable-tq {durable_tq.__version__}")
+        raise typer.Exit(EXIT_OK)
+
 
 @app.callback()
-def _root() -> None:
-    # A callback keeps typer in group mode, so `durable-tq serve` works even while serve is
-    # the only command registered.
-    pass
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+    traceback: Annotated[
+        bool,
+        typer.Option(
+            "--traceback",
+            help="On failure, print the whole Python trace before the error line (any command "
+            "takes it, anywhere on the line; also DURABLE_TQ_DEBUG=1).",
+        ),
+    ] = False,
+) -> None:
+    # A callback keeps typer in group mode. --traceback after a command name is taken out
+    # of the arguments by main() before typer sees them; here it is only documented.
+    if traceback:
+        os.environ[DEBUG_ENV] = "1"

@@ -6,10 +6,9 @@ import functools
 import json
 import logging
 import os
-import socket
-import ssl
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,15 +20,13 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from durable_tq import config, errors
-from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from durable_tq import errors, locate
+from durable_tq.cli._app import DEBUG_ENV, EXIT_OPERATION_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
 from durable_tq.client import Client
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-TOKEN_ENV = "DURABLE_TQ_TOKEN"
-URL_ENV = "DURABLE_TQ_URL"
 
 # --- options every broker command takes ---------------------------------------------------------
 
@@ -39,9 +36,8 @@ UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
-        envvar=URL_ENV,
         help="Broker address, tcp://HOST:PORT or tls://HOST:PORT "
-        "(default: host and port from the settings).",
+        "(default: $DURABLE_TQ_URL, else host and port from the settings).",
         rich_help_panel=_CONNECTION,
         show_default=False,
     ),
@@ -60,8 +56,8 @@ TokenOption = Annotated[
     str | None,
     typer.Option(
         "--token",
-        envvar=TOKEN_ENV,
-        help="Auth token (default: the first of the settings' auth_tokens).",
+        help="Auth token (default: $DURABLE_TQ_TOKEN, else the first of the settings' "
+        "auth_tokens).",
         rich_help_panel=_CONNECTION,
         show_default=False,
     ),
@@ -70,8 +66,8 @@ CafileOption = Annotated[
     Path | None,
     typer.Option(
         "--cafile",
-        help="CA certificate(s) to check a TLS broker against (default: the system's, plus "
-        "the settings' tls_cert when it is self-signed).",
+        help="CA certificate(s) to check a TLS broker against (default: $DURABLE_TQ_CAFILE, "
+        "else the system's, plus the settings' tls_cert when it is self-signed).",
         rich_help_panel=_CONNECTION,
         show_default=False,
     ),
@@ -138,36 +134,61 @@ def describe_error(exc: errors.DurableTQError) -> str:
     return f"{exc.code}: {exc.message}"
 
 
+def debug_enabled() -> bool:
+    """``--traceback`` was given (it sets DURABLE_TQ_DEBUG) or DURABLE_TQ_DEBUG is on."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _print_trace(exc: BaseException) -> None:
+    if debug_enabled():
+        sys.stderr.write("".join(traceback.format_exception(exc)))
+        sys.stderr.flush()
+
+
 def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
-    """Turn the errors a command expects into one line on stderr and its exit code.
+    """How every command fails: one ``error: ...`` line on stderr and a documented exit code.
 
     0 success, 1 the operation failed (the wire code is printed), 2 usage, 3 no broker.
+    With ``--traceback`` (or DURABLE_TQ_DEBUG=1) the whole Python trace comes first. An
+    error no command expects is a bug: one line, exit 1, and the trace on request.
     """
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return command(*args, **kwargs)
-        except UsageError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except BrokerUnreachable as exc:
-            fail(str(exc), EXIT_UNREACHABLE)
-        except errors.ConfigError as exc:
-            fail(exc.message, EXIT_USAGE)
-        except errors.DurableTQError as exc:
-            fail(describe_error(exc), EXIT_OPERATION_ERROR)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise  # typer's own ways out (typer.Exit is a RuntimeError)
+        except KeyboardInterrupt:
+            error_console().print("interrupted")
+            raise typer.Exit(130) from None
         except BrokenPipeError:
             # stdout went away (`| head`): nothing more can be said there; leave quietly.
             _silence_stdout()
             raise typer.Exit(EXIT_OPERATION_ERROR) from None
-        except OSError as exc:  # a file we were told to read or write: permissions, disk full
-            where = f": {exc.filename}" if exc.filename else ""
-            fail(f"{exc.strerror or exc}{where}", EXIT_OPERATION_ERROR)
-        except KeyboardInterrupt:
-            error_console().print("interrupted")
-            raise typer.Exit(130) from None
+        except Exception as exc:
+            _print_trace(exc)
+            message, code = _failure(exc)
+            fail(message, code)
 
     return run
+
+
+def _failure(exc: Exception) -> tuple[str, int]:
+    """The one line and the exit code ``exc`` ends a command with."""
+    if isinstance(exc, UsageError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, BrokerUnreachable):
+        return str(exc), EXIT_UNREACHABLE
+    if isinstance(exc, errors.ConfigError):
+        return exc.message, EXIT_USAGE
+    if isinstance(exc, errors.DurableTQError):
+        return describe_error(exc), EXIT_OPERATION_ERROR
+    if isinstance(exc, OSError):  # a file we were told to read or write: permissions, disk full
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}", EXIT_OPERATION_ERROR
+    hint = "" if debug_enabled() else "; run again with --traceback to see where"
+    return f"unexpected {type(exc).__name__}: {exc} (a bug in durable-tq{hint})", 1
 
 
 def _silence_stdout() -> None:
@@ -182,28 +203,7 @@ def _silence_stdout() -> None:
 _UNREACHABLE = frozenset({"too_many_connections", "shutting_down", "connection_lost"})
 
 
-def _root_reason(exc: BaseException) -> str:
-    """The innermost OS-level reason of a connection failure, e.g. 'Connection refused'."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    reason = str(exc)
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, BaseExceptionGroup) and current.exceptions:
-            current = current.exceptions[0]
-            continue
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused (is the broker running?)"
-        if isinstance(current, socket.gaierror):
-            return f"unknown host ({current.strerror})"
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower() if current.strerror[:1].isupper() else current.strerror
-        if isinstance(current, TimeoutError):
-            return "timed out"
-        if isinstance(current, (errors.TooManyConnections, errors.ShuttingDown)):
-            return describe_error(current)
-        current = current.__cause__ or current.__context__
-    return reason
+_root_reason = locate.unreachable_reason
 
 
 # --- reaching the broker ------------------------------------------------------------------------
@@ -220,69 +220,19 @@ class BrokerOptions:
     timeout: float = DEFAULT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class Target:
-    url: str
-    token: str | None
-    ssl_context: ssl.SSLContext | None
+def resolve_target(options: BrokerOptions) -> locate.BrokerTarget:
+    """The broker's address, token and TLS context (durable_tq.locate: flags, env, settings)."""
+    return locate.locate_broker(
+        url=options.url, token=options.token, cafile=options.cafile, config_file=options.config
+    )
 
 
-def _client_host(host: str) -> str:
-    """Where to connect to reach a broker listening on ``host``."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def _tls_context(cafile: Path | None, self_signed: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    try:
-        if cafile is not None:
-            context.load_verify_locations(cafile)
-        elif self_signed is not None:
-            context.load_verify_locations(self_signed)
-            # The broker's own certificate as the trust anchor (self-signed or not).
-            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.ConfigError(f"cannot load CA certificates: {exc}") from exc
-    return context
-
-
-def resolve_target(options: BrokerOptions) -> Target:
-    """The broker's address, token and TLS context: --url, then the settings' host/port."""
-    settings: config.Settings | None = None
-
-    def loaded() -> config.Settings:
-        nonlocal settings
-        if settings is None:
-            settings = config.load_settings(options.config)
-        return settings
-
-    if options.url:
-        if not options.url.startswith(("tcp://", "tls://")):
-            raise UsageError(f"--url must look like tcp://HOST:PORT or tls://HOST:PORT, got "
-                             f"{options.url!r}")
-        url = options.url
-        tls = url.startswith("tls://")
-    else:
-        settings = loaded()
-        host = _client_host(settings.host)
-        shown = f"[{host}]" if ":" in host else host
-        tls = settings.tls_enabled
-        url = f"{'tls' if tls else 'tcp'}://{shown}:{settings.port}"
-    token = options.token
-    if token is None and "@" not in url.split("//", 1)[-1]:
-        tokens = loaded().auth_tokens
-        token = tokens[0] if tokens else None
-    ssl_context = None
-    if tls:
-        self_signed = None
-        if options.cafile is None and not options.url:
-            self_signed = loaded().tls_cert
-        ssl_context = _tls_context(options.cafile, self_signed)
-    return Target(url=url, token=token, ssl_context=ssl_context)
+def unreachable(url: str, exc: BaseException) -> BrokerUnreachable:
+    """The exit-3 error for a broker at ``url`` that could not be reached because of ``exc``."""
+    reason = _root_reason(exc)
+    if url.startswith("tcp://") and "during hello" in reason:
+        reason = "it closed the connection during hello (if it uses TLS, use tls://)"
+    return BrokerUnreachable(shown_url(url), reason)
 
 
 def shown_url(url: str) -> str:
@@ -302,8 +252,11 @@ def _quiet_client_log() -> None:
 
 
 @contextmanager
-def broker_client(options: BrokerOptions) -> Iterator[Client]:
-    """A connected blocking client; a broker that cannot be reached ends in BrokerUnreachable."""
+def broker_client(options: BrokerOptions, *, busy_retries: int = 10) -> Iterator[Client]:
+    """A connected blocking client; a broker that cannot be reached ends in BrokerUnreachable.
+
+    ``busy_retries=0`` leaves ``busy`` replies to the command (see ``while_busy``).
+    """
     target = resolve_target(options)
     url = shown_url(target.url)
     _quiet_client_log()
@@ -316,15 +269,13 @@ def broker_client(options: BrokerOptions) -> Iterator[Client]:
             connect_timeout=min(options.timeout, 10.0),
             connect_attempts=2,
             reconnect_timeout=options.timeout,
+            busy_retries=busy_retries,
             client_name="durable-tq-cli/0.1",
         )
     except (errors.ConnectionLost, errors.TooManyConnections, errors.ShuttingDown) as exc:
-        reason = _root_reason(exc)
-        if url.startswith("tcp://") and "during hello" in reason:
-            reason = "it closed the connection during hello (if it uses TLS, use tls://)"
-        raise BrokerUnreachable(url, reason) from exc
+        raise unreachable(url, exc) from exc
     except OSError as exc:  # TLS handshake failures surface as ssl.SSLError
-        raise BrokerUnreachable(url, _root_reason(exc)) from exc
+        raise unreachable(url, exc) from exc
     try:
         yield client
     except (errors.ShuttingDown, errors.TooManyConnections) as exc:
@@ -337,6 +288,30 @@ def broker_client(options: BrokerOptions) -> Iterator[Client]:
         raise BrokerUnreachable(url, _root_reason(exc)) from exc
     finally:
         client.close()
+
+
+def while_busy(call: Callable[[], T], what: str, limit: float) -> T:
+    """``call()``, again while the broker answers ``busy`` (a full queue), for ``limit`` s.
+
+    The first ``busy`` is said at once on stderr, with the bound, so a full queue is never a
+    silent wait; the last one, past the bound, is raised (exit 1).
+    """
+    deadline = time.monotonic() + limit
+    said = False
+    while True:
+        try:
+            return call()
+        except errors.Busy as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if not said:
+                error_console().print(
+                    f"{what}: the broker is busy ({exc.message}); retrying for up to "
+                    f"{limit:g}s (--timeout)"
+                )
+                said = True
+            time.sleep(min(max(exc.retry_after, 0.05), left))
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -57,9 +58,36 @@ def _count_cell(state: str, count: int) -> Text:
     return Text(f"{count:,}", style=style.get(state, ""))
 
 
-def stats_table(stats: dict[str, Any], source: str) -> RenderableType:
-    """Queues x states, one row per queue, a total row, and the broker's head counts."""
+def stats_table(
+    stats: dict[str, Any], source: str, console: Console | None = None
+) -> RenderableType:
+    """Queues x states, one row per queue, a total row, and the broker's head counts.
+
+    When the table does not fit ``console``'s width (an 80-column terminal with long queue
+    names), each queue is shown stacked instead: its name on one line, its counts under it,
+    so no name or count is ever cut.
+    """
     queues: dict[str, dict[str, Any]] = stats.get("queues", {})
+    footer = _stats_footer(stats)
+    if not queues:
+        hint = Text(
+            "No queues yet. Add a task: durable-tq enqueue QUEUE '{\"hello\": 1}'", style="dim"
+        )
+        return Group(Text(f"Queues — {source}", style="italic"), hint, footer)
+    table = _queues_table(queues, source)
+    if console is not None:
+        unbounded = console.options.update_width(1_000_000)
+        needed = Measurement.get(console, unbounded, table).maximum
+        if needed > console.width:
+            return Group(_queues_stacked(queues, source), footer)
+    return Group(table, footer)
+
+
+def _totals(queues: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {state: sum(int(q.get(state, 0)) for q in queues.values()) for state in COUNT_STATES}
+
+
+def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
     table = Table(
         title=f"Queues — {source}",
         title_justify="left",
@@ -68,7 +96,7 @@ def stats_table(stats: dict[str, Any], source: str) -> RenderableType:
         show_footer=len(queues) > 1,
         footer_style="bold",
     )
-    totals = {state: sum(int(q.get(state, 0)) for q in queues.values()) for state in COUNT_STATES}
+    totals = _totals(queues)
     table.add_column("Queue", footer="total", no_wrap=True)
     for state in COUNT_STATES:
         table.add_column(
@@ -86,7 +114,46 @@ def stats_table(stats: dict[str, Any], source: str) -> RenderableType:
             Text("—", style="dim") if age is None else Text(human_duration(age)),
             status,
         )
-    footer = Text.assemble(
+    return table
+
+
+#: The stacked layout's two lines of counts: tasks still to run, then finished ones.
+_STACKED_LINES = (("queued", "scheduled", "leased"), ("succeeded", "dead", "cancelled"))
+
+
+def _counts_line(counts: dict[str, Any]) -> list[Text]:
+    lines = []
+    for states in _STACKED_LINES:
+        line = Text("  ")
+        for index, state in enumerate(states):
+            if index:
+                line.append(" · ", style="dim")
+            line.append(f"{state} ")
+            line.append_text(_count_cell(state, int(counts.get(state, 0))))
+        lines.append(line)
+    return lines
+
+
+def _queues_stacked(queues: dict[str, dict[str, Any]], source: str) -> RenderableType:
+    """One block per queue: name, status and age on a line, the counts on two lines under it."""
+    parts: list[RenderableType] = [Text(f"Queues — {source}", style="italic"), Text("")]
+    for name in sorted(queues):
+        counts = queues[name]
+        head = Text(name, style="bold")
+        if counts.get("paused"):
+            head.append("  paused", style="bold yellow")
+        age = counts.get("oldest_queued_age")
+        if age is not None:
+            head.append(f"  oldest ready {human_duration(age)}")
+        parts += [head, *_counts_line(counts)]
+    if len(queues) > 1:
+        parts += [Text("total", style="bold"), *_counts_line(dict(_totals(queues)))]
+    parts.append(Text(""))
+    return Group(*parts)
+
+
+def _stats_footer(stats: dict[str, Any]) -> Text:
+    return Text.assemble(
         (plural(int(stats.get("workers", 0)), "live worker"), "bold"),
         " · ",
         (
@@ -97,12 +164,6 @@ def stats_table(stats: dict[str, Any], source: str) -> RenderableType:
         " · ",
         (time.strftime("%H:%M:%S"), "dim"),
     )
-    if not queues:
-        hint = Text(
-            "No queues yet. Add a task: durable-tq enqueue QUEUE '{\"hello\": 1}'", style="dim"
-        )
-        return Group(Text(f"Queues — {source}", style="italic"), hint, footer)
-    return Group(table, footer)
 
 
 @app.command(rich_help_panel="Inspect")
@@ -145,8 +206,9 @@ def stats(
     interval = seconds if seconds is not None else 2.0
     options = BrokerOptions(url, config_file, token, cafile, timeout)
     if db is not None:
-        _watch_or_once(_db_stats_reader(db, config_file), str(db), watch, interval, count,
-                       json_output)
+        _watch_or_once(
+            _db_stats_reader(db, config_file), str(db), watch, interval, count, json_output
+        )
         return
     with broker_client(options) as client:
         _watch_or_once(
@@ -178,15 +240,15 @@ def _watch_or_once(
     count: int | None,
     json_output: bool,
 ) -> None:
+    console = stdout_console()
     if not watch:
         result = read()
         if json_output:
             print_json(result)
         else:
-            stdout_console().print(stats_table(result, source))
+            console.print(stats_table(result, source, console))
         return
     refreshes = 0
-    console = stdout_console()
     try:
         if json_output:
             while count is None or refreshes < count:
@@ -195,8 +257,13 @@ def _watch_or_once(
                 print_json(read())
                 refreshes += 1
             return
+        source = f"{source} · every {interval:g}s"
+        if not console.is_terminal:
+            # A file or a pipe cannot be redrawn in place: one plain frame per refresh.
+            _watch_plain(console, read, source, interval, count)
+            return
         with Live(console=console, auto_refresh=False, transient=False) as live:
-            _watch_live(live, read, f"{source} · every {interval:g}s", interval, count)
+            _watch_live(live, read, source, interval, count)
     except KeyboardInterrupt:
         return  # Ctrl-C is how --watch ends
 
@@ -205,14 +272,14 @@ def _watch_or_once(
 _PASSING_TROUBLE = (errors.ConnectionLost, errors.ShuttingDown, errors.TooManyConnections)
 
 
-def _watch_live(
-    live: Live,
+def _watch_frames(
+    console: Console,
     read: Callable[[], dict[str, Any]],
     source: str,
     interval: float,
     count: int | None,
-) -> None:
-    """Redraw until ``count`` refreshes; a broker that goes away is shown, not fatal."""
+) -> Iterator[RenderableType]:
+    """A frame per refresh until ``count``; a broker that goes away is shown, not fatal."""
     refreshes = 0
     last: RenderableType | None = None
     trouble_since: float | None = None
@@ -221,9 +288,9 @@ def _watch_live(
             time.sleep(interval)
         refreshes += 1
         try:
-            last = stats_table(read(), source)
+            last = stats_table(read(), source, console)
             trouble_since = None
-            live.update(last, refresh=True)
+            yield last
         except _PASSING_TROUBLE as exc:
             if last is None:
                 raise  # never reached it: report as any other command would
@@ -233,7 +300,33 @@ def _watch_live(
                 f" since {time.strftime('%H:%M:%S', time.localtime(trouble_since))} "
                 f"({exc.code}); retrying every {interval:g}s. Last counts:",
             )
-            live.update(Group(warning, last), refresh=True)
+            yield Group(warning, last)
+
+
+def _watch_live(
+    live: Live,
+    read: Callable[[], dict[str, Any]],
+    source: str,
+    interval: float,
+    count: int | None,
+) -> None:
+    """Redraw in place, in a terminal."""
+    for frame in _watch_frames(live.console, read, source, interval, count):
+        live.update(frame, refresh=True)
+
+
+def _watch_plain(
+    console: Console,
+    read: Callable[[], dict[str, Any]],
+    source: str,
+    interval: float,
+    count: int | None,
+) -> None:
+    """One frame after another, each flushed at once (``> file``, ``| tee``, a log)."""
+    for frame in _watch_frames(console, read, source, interval, count):
+        console.print(frame)
+        console.print()
+        console.file.flush()
 
 
 # --- workers ------------------------------------------------------------------------------------
@@ -244,7 +337,9 @@ def workers_table(workers: list[dict[str, Any]], source: str) -> RenderableType:
         return Text(f"No workers registered at {source}.", style="dim")
     now = time.time()
     table = Table(
-        title=f"Workers — {source}", title_justify="left", box=box.SIMPLE_HEAD,
+        title=f"Workers — {source}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
         header_style="bold",
     )
     table.add_column("Worker", style="bold", no_wrap=True)
@@ -327,8 +422,13 @@ def worker_state(
         print_json({"worker_id": worker_id, "state": state.value})
         return
     stdout_console().print(
-        Text.assemble("worker ", (worker_id, "bold"), " will be told ",
-                      styled_state(state.value), " at its next heartbeat")
+        Text.assemble(
+            "worker ",
+            (worker_id, "bold"),
+            " will be told ",
+            styled_state(state.value),
+            " at its next heartbeat",
+        )
     )
 
 
@@ -337,9 +437,7 @@ def worker_state(
 QueueArgument = Annotated[str, typer.Argument(metavar="QUEUE", help="The queue's name.")]
 
 
-def _set_paused(
-    queue: str, paused: bool, json_output: bool, options: BrokerOptions
-) -> None:
+def _set_paused(queue: str, paused: bool, json_output: bool, options: BrokerOptions) -> None:
     with broker_client(options) as client:
         if paused:
             client.pause(queue)
@@ -384,9 +482,7 @@ def resume(
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Hand out tasks of a paused QUEUE again."""
-    _set_paused(
-        queue, False, json_output, BrokerOptions(url, config_file, token, cafile, timeout)
-    )
+    _set_paused(queue, False, json_output, BrokerOptions(url, config_file, token, cafile, timeout))
 
 
 class PurgeState(StrEnum):
@@ -405,12 +501,22 @@ def _confirm_purge(client: Client, queue: str, state: str | None) -> None:
     elif state is not None:
         doomed = plural(int(counts.get(state, 0)), f"{state} task")
     else:
-        doomed = plural(
-            sum(int(counts.get(s, 0)) for s in COUNT_STATES if s != TaskState.LEASED), "task"
-        ) + " (every state but leased)"
+        doomed = (
+            plural(
+                sum(int(counts.get(s, 0)) for s in COUNT_STATES if s != TaskState.LEASED), "task"
+            )
+            + " (every state but leased)"
+        )
     console = stdout_console()
-    console.print(Text.assemble("About to delete ", (doomed, "bold red"), " of queue ",
-                                (queue, "bold"), ". This cannot be undone."))
+    console.print(
+        Text.assemble(
+            "About to delete ",
+            (doomed, "bold red"),
+            " of queue ",
+            (queue, "bold"),
+            ". This cannot be undone.",
+        )
+    )
     if not typer.confirm("Purge?", default=False):
         fail("purge aborted; nothing was deleted", EXIT_OPERATION_ERROR)
 
@@ -421,8 +527,11 @@ def purge(
     queue: QueueArgument,
     state: Annotated[
         PurgeState | None,
-        typer.Option("--state", help="Only tasks in this state (default: all but leased).",
-                     show_default=False),
+        typer.Option(
+            "--state",
+            help="Only tasks in this state (default: all but leased).",
+            show_default=False,
+        ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_output: JsonOption = False,

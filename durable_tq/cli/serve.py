@@ -10,12 +10,14 @@ from typing import Annotated
 import typer
 
 from durable_tq import config, errors, server
-from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_USAGE, app
+from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
+from durable_tq.cli._common import fail, handles_errors
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @app.command()
+@handles_errors
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
@@ -42,13 +44,10 @@ def serve(
     (database /srv/durable_tq.db)``. SIGINT or SIGTERM stops it gracefully; a second one exits
     at once.
     """
-    try:
-        settings = config.load_settings(
-            config_file, host=host, port=port, db_path=db, log_level=log_level
-        )
-    except errors.ConfigError as exc:
-        typer.echo(f"durable-tq serve: {exc.message}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    # Bad settings (exit 2) and a port in use (exit 1) end as every command ends: one line.
+    settings = config.load_settings(
+        config_file, host=host, port=port, db_path=db, log_level=log_level
+    )
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
     database = Path(settings.db_path).resolve()
 
@@ -57,12 +56,7 @@ def serve(
 
     try:
         server.run(settings, on_listening=announce)
-    except errors.ConfigError as exc:
-        typer.echo(f"durable-tq serve: {exc.message}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    except OSError as exc:  # the port is taken, the address is not ours, ...
-        typer.echo(f"durable-tq serve: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_OPERATION_ERROR) from None
+    except errors.ConfigError:
+        raise
     except errors.DurableTQError as exc:  # storage failed while opening the database
-        typer.echo(f"durable-tq serve: cannot run the broker: {exc.message}", err=True)
-        raise typer.Exit(EXIT_OPERATION_ERROR) from None
+        fail(f"cannot run the broker: {exc.message}", EXIT_OPERATION_ERROR)

@@ -53,6 +53,7 @@ from durable_tq.cli._common import (
     shown_url,
     stdout_console,
     styled_state,
+    while_busy,
 )
 from durable_tq.client import Client
 from durable_tq.protocol import TaskState
@@ -103,8 +104,9 @@ def tasks_table(page: dict[str, Any], source: str) -> RenderableType:
     if not tasks:
         return Text(f"No tasks match at {source}.", style="dim")
     now = time.time()
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"Tasks — {source}",
-                  title_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD, header_style="bold", title=f"Tasks — {source}", title_justify="left"
+    )
     table.add_column("ID", justify="right", style="bold", no_wrap=True, min_width=2)
     table.add_column("Queue", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("State", no_wrap=True, min_width=9)
@@ -155,8 +157,9 @@ def list_tasks(
     ] = 50,
     after: Annotated[
         int | None,
-        typer.Option("--after", min=0, help="Start after this task id (paging).",
-                     show_default=False),
+        typer.Option(
+            "--after", min=0, help="Start after this task id (paging).", show_default=False
+        ),
     ] = None,
     db: DbOption = None,
     json_output: JsonOption = False,
@@ -220,14 +223,25 @@ def task_panel(task: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [grid, Text(""), Text("Payload", style="bold")]
     parts.append(JSON(json.dumps(task.get("payload"), ensure_ascii=False)))
     if task.get("last_error"):
-        parts += [Text(""), Text("Last error", style="bold"),
-                  Text(str(task["last_error"]), style="red")]
+        parts += [
+            Text(""),
+            Text("Last error", style="bold"),
+            Text(str(task["last_error"]), style="red"),
+        ]
     if task.get("result") is not None:
-        parts += [Text(""), Text("Result", style="bold"),
-                  JSON(json.dumps(task["result"], ensure_ascii=False))]
+        parts += [
+            Text(""),
+            Text("Result", style="bold"),
+            JSON(json.dumps(task["result"], ensure_ascii=False)),
+        ]
     title = Text.assemble(("Task ", "bold"), (str(task["task_id"]), "bold"))
-    return Panel(Group(*parts), title=title, title_align="left", expand=False,
-                 border_style=_border(str(task["state"])))
+    return Panel(
+        Group(*parts),
+        title=title,
+        title_align="left",
+        expand=False,
+        border_style=_border(str(task["state"])),
+    )
 
 
 def _border(state: str) -> str:
@@ -346,15 +360,22 @@ def _enqueue_file(
     progress: Progress,
     total: int,
     outcome: _BulkOutcome,
+    limit: float,
 ) -> None:
-    """Send the file's payloads in batches; ``outcome`` says how far it got, even on error."""
+    """Send the file's payloads in batches; ``outcome`` says how far it got, even on error.
+
+    A batch the broker answers ``busy`` is retried for up to ``limit`` seconds."""
     bar = progress.add_task(f"enqueue → {queue}", total=total)
     batch: list[dict[str, Any]] = []
     batch_lines: list[int] = []
 
     def flush() -> None:
         outcome.sending_line = batch_lines[0]
-        results = client.enqueue_many(batch)
+        results = while_busy(
+            lambda: client.enqueue_many(batch),
+            f"{path}: the batch starting at line {batch_lines[0]}",
+            limit,
+        )
         outcome.sending_line = None
         outcome.sent += len(results)
         outcome.created += sum(1 for r in results if r.created)
@@ -398,6 +419,7 @@ def _enqueue_bulk(
     batch_size: int,
     skip_invalid: bool,
     json_output: bool,
+    limit: float,
 ) -> None:
     check = _check_jsonl(path)
     if check.bad_count:
@@ -422,24 +444,30 @@ def _enqueue_bulk(
     started = time.monotonic()
     try:
         with progress:
-            _enqueue_file(client, path, queue, options, batch_size, progress, check.good,
-                          outcome)
+            _enqueue_file(
+                client, path, queue, options, batch_size, progress, check.good, outcome, limit
+            )
     except errors.DurableTQError:
         _report_partial_load(path, outcome)
         raise
     elapsed = time.monotonic() - started
     if json_output:
-        print_json({
-            "count": outcome.sent,
-            "created": outcome.created,
-            "first_task_id": outcome.first_id,
-            "last_task_id": outcome.last_id,
-            "skipped_lines": check.bad_count,
-        })
+        print_json(
+            {
+                "count": outcome.sent,
+                "created": outcome.created,
+                "first_task_id": outcome.first_id,
+                "last_task_id": outcome.last_id,
+                "skipped_lines": check.bad_count,
+            }
+        )
         return
     rate = outcome.sent / elapsed if elapsed > 0 else 0.0
     line = Text.assemble(
-        "enqueued ", (plural(outcome.sent, "task"), "bold"), " to ", (queue, "bold"),
+        "enqueued ",
+        (plural(outcome.sent, "task"), "bold"),
+        " to ",
+        (queue, "bold"),
         f" in {elapsed:.2f}s ({rate:,.0f}/s)",
     )
     if outcome.first_id is not None:
@@ -461,37 +489,59 @@ def enqueue(
     ] = None,
     from_file: Annotated[
         Path | None,
-        typer.Option("--from", help="Enqueue every line of this JSONL file as one payload.",
-                     show_default=False),
+        typer.Option(
+            "--from",
+            help="Enqueue every line of this JSONL file as one payload.",
+            show_default=False,
+        ),
     ] = None,
     priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
     delay: Annotated[
         float | None,
-        typer.Option("--delay", min=0, help="Run no sooner than this many seconds from now.",
-                     show_default=False),
+        typer.Option(
+            "--delay",
+            min=0,
+            help="Run no sooner than this many seconds from now.",
+            show_default=False,
+        ),
     ] = None,
     unique_key: Annotated[
         str | None,
-        typer.Option("--unique-key", help="Skip if a live task of QUEUE has this key.",
-                     show_default=False),
+        typer.Option(
+            "--unique-key", help="Skip if a live task of QUEUE has this key.", show_default=False
+        ),
     ] = None,
     max_attempts: Annotated[
         int | None,
-        typer.Option("--max-attempts", min=1, help="Attempts before the task is dead "
-                     "(default: the broker's).", show_default=False),
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            help="Attempts before the task is dead (default: the broker's).",
+            show_default=False,
+        ),
     ] = None,
     lease: Annotated[
         float | None,
-        typer.Option("--lease", min=0.001, help="Lease of each claim, in seconds "
-                     "(default: the broker's).", show_default=False),
+        typer.Option(
+            "--lease",
+            min=0.001,
+            help="Lease of each claim, in seconds (default: the broker's).",
+            show_default=False,
+        ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=10_000, help="With --from: tasks per "
-                          "enqueue_many request.")
+        int,
+        typer.Option(
+            "--batch-size", min=1, max=10_000, help="With --from: tasks per enqueue_many request."
+        ),
     ] = 500,
     skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="With --from: enqueue the valid lines and "
-                           "skip the rest (default: refuse the whole file).")
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="With --from: enqueue the valid lines and "
+            "skip the rest (default: refuse the whole file).",
+        ),
     ] = False,
     json_output: JsonOption = False,
     url: UrlOption = None,
@@ -512,26 +562,38 @@ def enqueue(
             raise UsageError("--unique-key gives one key to one task; it cannot go with --from")
         if not from_file.is_file():
             raise UsageError(f"--from: {from_file} is not a file")
-        with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-            _enqueue_bulk(client, from_file, queue, options, batch_size, skip_invalid,
-                          json_output)
+        broker = BrokerOptions(url, config_file, token, cafile, timeout)
+        with broker_client(broker, busy_retries=0) as client:
+            _enqueue_bulk(
+                client, from_file, queue, options, batch_size, skip_invalid, json_output, timeout
+            )
         return
     assert payload_json is not None
     payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
     if unique_key is not None:
         options["unique_key"] = unique_key
-    with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-        reply = client.request("enqueue", {"queue": queue, "payload": payload, **options})
+    broker = BrokerOptions(url, config_file, token, cafile, timeout)
+    with broker_client(broker, busy_retries=0) as client:
+        reply = while_busy(
+            lambda: client.request("enqueue", {"queue": queue, "payload": payload, **options}),
+            f"queue {queue}",
+            timeout,
+        )
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})
         return
     if reply.get("created", True):
-        message = Text.assemble("enqueued task ", (str(reply["task_id"]), "bold"), " to ",
-                                (queue, "bold"))
+        message = Text.assemble(
+            "enqueued task ", (str(reply["task_id"]), "bold"), " to ", (queue, "bold")
+        )
     else:
-        message = Text.assemble("task ", (str(reply["task_id"]), "bold"),
-                                " already holds unique key ", (str(unique_key), "bold"),
-                                "; nothing new was enqueued")
+        message = Text.assemble(
+            "task ",
+            (str(reply["task_id"]), "bold"),
+            " already holds unique key ",
+            (str(unique_key), "bold"),
+            "; nothing new was enqueued",
+        )
     stdout_console().print(message)
 
 
@@ -543,18 +605,21 @@ def enqueue(
 def requeue(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="ID", help="Tasks to requeue (dead or cancelled ones).",
-                       show_default=False),
+        typer.Argument(
+            metavar="ID", help="Tasks to requeue (dead or cancelled ones).", show_default=False
+        ),
     ] = None,
     queue: Annotated[
         str | None,
-        typer.Option("--queue", "-q", help="Requeue every task of this queue in --state.",
-                     show_default=False),
+        typer.Option(
+            "--queue", "-q", help="Requeue every task of this queue in --state.", show_default=False
+        ),
     ] = None,
     state: Annotated[
         RequeueState | None,
-        typer.Option("--state", "-s", help="With --queue: which tasks [default: dead].",
-                     show_default=False),
+        typer.Option(
+            "--state", "-s", help="With --queue: which tasks [default: dead].", show_default=False
+        ),
     ] = None,
     json_output: JsonOption = False,
     url: UrlOption = None,
@@ -605,5 +670,6 @@ def cancel(
     if json_output:
         print_json({"task_id": task_id, "state": state})
         return
-    stdout_console().print(Text.assemble("task ", (str(task_id), "bold"), " is now ",
-                                         styled_state(state)))
+    stdout_console().print(
+        Text.assemble("task ", (str(task_id), "bold"), " is now ", styled_state(state))
+    )

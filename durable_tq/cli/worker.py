@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import sys
-import threading
+import traceback
 from typing import Annotated, Any
 
 import typer
 
 from durable_tq import errors
-from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, app
-from durable_tq.worker import Worker
+from durable_tq.cli._app import app
+from durable_tq.cli._common import (
+    CafileOption,
+    ConfigOption,
+    TokenOption,
+    UrlOption,
+    UsageError,
+    handles_errors,
+    unreachable,
+)
+from durable_tq.worker import Task, Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -21,8 +31,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 logger = logging.getLogger("durable_tq.worker")
 
 
-class WorkerNotFound(Exception):
-    """The target does not name a Worker we can import."""
+class WorkerNotFound(UsageError):
+    """The target does not name a Worker we can import (exit 2)."""
+
+
+def _app_frame(exc: BaseException, cwd: str) -> traceback.FrameSummary | None:
+    """The innermost frame of the app (under ``cwd``), else of any real file."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    in_app = [f for f in frames if os.path.abspath(f.filename).startswith(cwd + os.sep)]
+    chosen = in_app or frames
+    return chosen[-1] if chosen else None
 
 
 def _import_module(name: str) -> Any:
@@ -31,18 +49,54 @@ def _import_module(name: str) -> Any:
         sys.path.insert(0, cwd)
     try:
         return importlib.import_module(name)
+    except SyntaxError as exc:  # IndentationError and TabError too
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown place"
+        raise WorkerNotFound(f"cannot import {name}: {exc.msg} ({where})") from exc
     except ModuleNotFoundError as exc:
-        # Only a missing target module is a usage error; a missing import inside it is a bug
-        # of the app and keeps its traceback.
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
             raise WorkerNotFound(f"cannot import {name!r} (from {cwd}): {exc}") from exc
-        raise
+        frame = _app_frame(exc, cwd)
+        where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
+        raise WorkerNotFound(f"importing {name} failed: {exc}{where}") from exc
+    except Exception as exc:  # the app's own code failed while it was imported
+        frame = _app_frame(exc, cwd)
+        where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
+        raise WorkerNotFound(
+            f"importing {name} failed: {type(exc).__name__}: {exc}{where}"
+        ) from exc
+
+
+def _workers_in(module: Any) -> list[str]:
+    return [name for name, value in vars(module).items() if isinstance(value, Worker)]
+
+
+def _takes_no_arguments(fn: Any) -> bool:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in signature.parameters.values()
+    )
+
+
+def _not_a_worker(target: str, module_name: str, module: Any, what: str) -> WorkerNotFound:
+    names = _workers_in(module)
+    if len(names) == 1:
+        hint = f" — did you mean {module_name}:{names[0]}?"
+    elif names:
+        hint = f" — its Workers are {', '.join(f'{module_name}:{n}' for n in names)}"
+    else:
+        hint = f" — {module_name} holds no Worker"
+    return WorkerNotFound(f"{target} is {what}, not a Worker{hint}")
 
 
 def load_worker(target: str) -> Worker:
     """The Worker ``target`` names: ``module:attribute`` (``module`` alone when it holds one).
 
-    The attribute may also be a function without arguments that returns a Worker.
+    The attribute may also be a function without arguments that returns a Worker. Anything
+    else, and an app that fails to import, is a ``WorkerNotFound`` with a one-line reason.
     """
     module_name, _, attribute = target.partition(":")
     if not module_name:
@@ -57,67 +111,45 @@ def load_worker(target: str) -> Worker:
             except AttributeError:
                 raise WorkerNotFound(f"{module_name} has no attribute {attribute!r}") from None
     else:
-        workers = [value for value in vars(module).values() if isinstance(value, Worker)]
-        if len(workers) != 1:
+        names = _workers_in(module)
+        if len(names) != 1:
             raise WorkerNotFound(
-                f"{module_name} holds {len(workers)} Worker objects; name one as "
+                f"{module_name} holds {len(names)} Worker objects; name one as "
                 f"{module_name}:ATTRIBUTE"
             )
-        found = workers[0]
-    if not isinstance(found, Worker) and callable(found):
-        found = found()
-    if not isinstance(found, Worker):
-        raise WorkerNotFound(f"{target} is a {type(found).__name__}, not a durable_tq.Worker")
-    return found
+        found = getattr(module, names[0])
+    if isinstance(found, Worker):
+        return found
+    if isinstance(found, Task):
+        raise _not_a_worker(target, module_name, module, f"a task function (queue {found.queue!r})")
+    if not callable(found) or not _takes_no_arguments(found):
+        what = "a function" if callable(found) else f"a {type(found).__name__}"
+        raise _not_a_worker(target, module_name, module, what)
+    try:
+        made = found()
+    except Exception as exc:
+        raise WorkerNotFound(f"calling {target}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(made, Worker):
+        raise WorkerNotFound(f"{target}() returned a {type(made).__name__}, not a Worker")
+    return made
 
 
-def _overrides(
-    url: str | None,
-    token: str | None,
-    concurrency: int | None,
-    queues: str | None,
-    grace: float | None,
-    worker_id: str | None,
-) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    if url is not None:
-        changes["url"] = url
-    if token is not None:
-        changes["token"] = token
-    if concurrency is not None:
-        changes["concurrency"] = concurrency
+def _overrides(**given: Any) -> dict[str, Any]:
+    """The options given on the command line, as ``Worker.configure`` arguments."""
+    changes = {name: value for name, value in given.items() if value is not None}
+    queues = changes.get("queues")
     if queues is not None:
         changes["queues"] = [name for name in queues.split(",") if name.strip()]
-    if grace is not None:
-        changes["grace"] = grace
-    if worker_id is not None:
-        changes["worker_id"] = worker_id
     return changes
 
 
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"durable-tq worker: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
-
-
 @app.command("worker")
+@handles_errors
 def worker_command(
     target: Annotated[
         str,
         typer.Argument(help="The Worker to run, as module:attribute (e.g. myapp.tasks:worker)."),
     ],
-    url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="DURABLE_TQ_URL",
-            help="Broker address, tcp://HOST:PORT or tls://HOST:PORT (default: the Worker's).",
-            show_default=False,
-        ),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="DURABLE_TQ_TOKEN", help="Auth token.", show_default=False),
-    ] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Tasks run at once.", show_default=False)
     ] = None,
@@ -140,47 +172,64 @@ def worker_command(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+    connect_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--connect-timeout",
+            min=0.1,
+            help="Seconds to wait for the broker at start, then exit 3 (default: wait until "
+            "it is there or the worker is stopped).",
+            rich_help_panel="Connection",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: claim tasks of its queues and run their handlers until stopped.
 
-    The module is imported from the current folder. SIGTERM or SIGINT stops gracefully (no
-    new tasks; running ones get --grace seconds, then are released); a second one stops at
-    once.
+    The module is imported from the current folder. The broker is found as every command
+    finds it (--url, $DURABLE_TQ_URL, the settings). A worker started before its broker waits
+    for it. SIGTERM or SIGINT stops gracefully (no new tasks; running ones get --grace
+    seconds, then are released); a second one stops at once.
     """
     level = log_level.upper()
     if level not in LOG_LEVELS:
-        raise _usage(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    try:
-        worker = load_worker(target)
-        worker.configure(**_overrides(url, token, concurrency, queues, grace, worker_id))
-    except (WorkerNotFound, errors.ConfigError) as exc:
-        raise _usage(str(exc)) from None
+    if level == "INFO":
+        # The worker says when it is connected; the client's own "connected" lines repeat it.
+        logging.getLogger("durable_tq.client").setLevel(logging.WARNING)
+    worker = load_worker(target)
+    worker.configure(
+        **_overrides(
+            url=url,
+            token=token,
+            cafile=cafile,
+            config_file=config_file,
+            connect_timeout=connect_timeout,
+            concurrency=concurrency,
+            queues=queues,
+            grace=grace,
+            worker_id=worker_id,
+        )
+    )
+    target_url = worker.broker_target().url  # bad settings or URL: exit 2 before anything
     try:
         worker.run_sync(handle_signals=True)
-    except KeyboardInterrupt:  # Ctrl-C before the worker was up (signals not yet handled)
-        raise typer.Exit(130) from None
-    except errors.ConfigError as exc:
-        raise _usage(str(exc)) from None
     except (errors.ConnectionLost, errors.ShuttingDown, errors.TooManyConnections) as exc:
-        typer.echo(f"durable-tq worker: cannot reach the broker: {exc}", err=True)
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except errors.DurableTQError as exc:
-        typer.echo(f"durable-tq worker: {exc.code}: {exc.message}", err=True)
-        raise typer.Exit(EXIT_OPERATION_ERROR) from None
-    _exit_past_stuck_threads()
+        raise unreachable(target_url, exc) from exc
+    _exit_past_stuck_threads(worker)
 
 
-def _exit_past_stuck_threads() -> None:
+def _exit_past_stuck_threads(worker: Worker) -> None:
     """Handler threads that timed out may still run; Python would wait for them at exit."""
-    stuck = [
-        thread
-        for thread in threading.enumerate()
-        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
-    ]
+    stuck = worker.abandoned_threads
     if stuck:
         logger.warning(
-            "%d thread(s) of timed-out handlers still running; exiting without them", len(stuck)
+            "%d thread(s) of timed-out handlers still running; exiting without them", stuck
         )
         logging.shutdown()
         sys.stdout.flush()

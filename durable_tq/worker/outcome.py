@@ -6,12 +6,19 @@ durable_tq itself and never cross the wire, so they live here and not in ``error
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
+import os
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
+import anyio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+import durable_tq
 
 __all__ = [
     "Fail",
@@ -127,6 +134,37 @@ def describe_exception(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
     if cause is not None:
         parts.append(f"Caused by {summarize(cause)}")
     return _bounded("\n".join(parts), limit)
+
+
+#: Folders whose frames sit between the worker and a handler: not the user's code.
+_FRAMEWORK_DIRS = tuple(
+    os.path.dirname(module.__file__) + os.sep
+    for module in (durable_tq, anyio, asyncio, concurrent.futures)
+    if module.__file__ is not None
+)
+DEBUG_ENV = "DURABLE_TQ_DEBUG"
+
+
+def _is_framework(tb: TracebackType) -> bool:
+    filename = tb.tb_frame.f_code.co_filename
+    return filename.startswith(_FRAMEWORK_DIRS) or filename.startswith("<frozen")
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """The traceback of an exception from a handler, starting at the handler's own frame.
+
+    The worker's frames above it (executor, thread, task invocation) say nothing about the
+    bug; they are kept only with DURABLE_TQ_DEBUG=1. Chained causes are kept either way.
+    """
+    tb = exc.__traceback__
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    if not debug:
+        first = tb
+        while first is not None and _is_framework(first):
+            first = first.tb_next
+        if first is not None:  # all framework: keep everything rather than nothing
+            tb = first
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n")
 
 
 def failure_from(exc: Exception, limit: int = MAX_ERROR_CHARS) -> Failed:

@@ -18,7 +18,7 @@ import anyio
 from durable_tq import errors
 from durable_tq.client import AsyncClient, RequestTimeout
 from durable_tq.worker.leases import Lease
-from durable_tq.worker.outcome import Failed, Outcome, Released, Succeeded
+from durable_tq.worker.outcome import Failed, Outcome, Released, Succeeded, handler_traceback
 from durable_tq.worker.task import Task
 
 __all__ = ["Settler", "backoff"]
@@ -129,15 +129,18 @@ class Settler:
             else:
                 fate = "retry"
             level = logging.INFO if outcome.requested else logging.WARNING
+            # One line (task, queue, attempt, what happens next), then the handler's own
+            # frames: the worker's frames above them are noise (DURABLE_TQ_DEBUG keeps them).
+            trace = "" if outcome.exc is None else "\n" + handler_traceback(outcome.exc)
             logger.log(
                 level,
-                "%s: %s failed after %.3f s: %s; %s",
+                "%s: %s failed after %.3f s: %s; %s%s",
                 lease.about,
                 task.name,
                 elapsed,
                 outcome.summary,
                 fate,
-                exc_info=outcome.exc,
+                trace,
             )
         else:
             assert isinstance(outcome, Released)

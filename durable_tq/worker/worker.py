@@ -7,18 +7,20 @@ import functools
 import logging
 import os
 import secrets
+import signal
 import socket
 import ssl as ssl_module
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Unpack
 
 import anyio
 from anyio.from_thread import BlockingPortal
 from pydantic import JsonValue
 
-from durable_tq import errors
+from durable_tq import errors, locate
 from durable_tq.client import (
     CLIENT_NAME,
     AsyncClient,
@@ -26,6 +28,7 @@ from durable_tq.client import (
     EnqueueResult,
     WorkerRegistration,
 )
+from durable_tq.worker.execute import Executor
 from durable_tq.worker.outcome import MAX_ERROR_CHARS
 from durable_tq.worker.runtime import Runtime, RuntimeConfig
 from durable_tq.worker.task import EnqueueOptions, Task
@@ -34,7 +37,10 @@ __all__ = ["DEFAULT_URL", "Worker", "WorkerSettings"]
 
 logger = logging.getLogger("durable_tq.worker")
 
+#: Where a worker looks when nothing else names the broker (durable_tq.locate).
 DEFAULT_URL = "tcp://127.0.0.1:7480"
+#: Longest pause between two looks for a broker that is not there yet.
+WAIT_FOR_BROKER_CAP = 5.0
 
 
 def default_worker_id() -> str:
@@ -57,8 +63,11 @@ class WorkerSettings:
 
     concurrency: int = 8
     queues: tuple[str, ...] | None = None
-    url: str = DEFAULT_URL
+    url: str | None = None
     token: str | None = None
+    cafile: Path | None = None
+    config_file: Path | None = None
+    connect_timeout: float | None = None
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
     claim_batch: int | None = None
     wait: float = 5.0
@@ -79,6 +88,10 @@ class WorkerSettings:
             (self.lease is None or self.lease > 0, "lease must be positive"),
             (self.grace >= 0, "grace must not be negative"),
             (self.request_timeout > 0, "request_timeout must be positive"),
+            (
+                self.connect_timeout is None or self.connect_timeout > 0,
+                "connect_timeout must be positive (or None to wait for the broker forever)",
+            ),
             (self.max_error_chars >= 100, "max_error_chars must be at least 100"),
             (0 < self.renew_fraction < 1, "renew_fraction must be between 0 and 1"),
             (bool(self.worker_id), "worker_id must not be empty"),
@@ -116,8 +129,17 @@ class Worker:
     :param concurrency: tasks run at once at most; claims ask only for free slots.
     :param queues: the queues to work on; default: every queue that has a handler.
     :param url: the broker, ``tcp://host:port`` or ``tls://host:port`` (a token may be
-        given as ``tcp://TOKEN@host:port``).
-    :param token: the broker's auth token.
+        given as ``tcp://TOKEN@host:port``). Default: found as every durable-tq command finds
+        it (``DURABLE_TQ_URL``, else host and port from the broker's settings; see
+        docs/clients.md "Finding the broker").
+    :param token: the broker's auth token (default: ``DURABLE_TQ_TOKEN``, else the first of
+        the settings' ``auth_tokens``).
+    :param cafile: CA certificates to check a TLS broker against (default:
+        ``DURABLE_TQ_CAFILE``, else the system's, plus the settings' ``tls_cert``).
+    :param config_file: the broker's settings file to find it by (default:
+        ``DURABLE_TQ_CONFIG``, else ``./durable_tq.toml`` if present).
+    :param connect_timeout: how long a starting worker waits for its broker; None (the
+        default) waits until the broker is there or the worker is stopped.
     :param worker_id: how the broker knows this worker; default ``host-pid-random``.
     :param claim_batch: tasks one claim may take at most (default: ``concurrency``).
     :param wait: long-poll of a claim, in seconds.
@@ -139,8 +161,11 @@ class Worker:
         *,
         concurrency: int = 8,
         queues: Sequence[str] | None = None,
-        url: str = DEFAULT_URL,
+        url: str | None = None,
         token: str | None = None,
+        cafile: str | Path | None = None,
+        config_file: str | Path | None = None,
+        connect_timeout: float | None = None,
         worker_id: str | None = None,
         claim_batch: int | None = None,
         wait: float = 5.0,
@@ -159,6 +184,9 @@ class Worker:
             queues=None if queues is None else _queue_tuple(queues),
             url=url,
             token=token,
+            cafile=None if cafile is None else Path(cafile),
+            config_file=None if config_file is None else Path(config_file),
+            connect_timeout=connect_timeout,
             worker_id=worker_id or default_worker_id(),
             claim_batch=claim_batch,
             wait=wait,
@@ -174,6 +202,7 @@ class Worker:
         self._client = client
         self._tasks: dict[str, Task] = {}
         self._runtime: Runtime | None = None
+        self._executor: Executor | None = None  # of the last run: its abandoned threads
         self._loop_thread: int | None = None
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
@@ -214,9 +243,10 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Threads of timed-out sync handlers still running (see docs/worker.md)."""
-        runtime = self._runtime
-        return runtime.executor.abandoned_threads if runtime is not None else 0
+        """Threads of timed-out sync handlers still running (see docs/worker.md), also after
+        the run ended (``durable-tq worker`` exits without waiting for them)."""
+        executor = self._executor
+        return executor.abandoned_threads if executor is not None else 0
 
     def configure(self, **changes: Any) -> None:
         """Override options before running (the CLI's flags do this)."""
@@ -287,15 +317,100 @@ class Worker:
             renew_fraction=s.renew_fraction,
         )
 
-    def _new_client(self, registration: WorkerRegistration | None = None) -> AsyncClient:
+    def broker_target(self) -> locate.BrokerTarget:
+        """Where this worker finds its broker: its options, then the environment, then the
+        broker's settings (durable_tq.locate)."""
         s = self._settings
+        target = locate.locate_broker(
+            url=s.url, token=s.token, cafile=s.cafile, config_file=s.config_file
+        )
+        own_context = s.ssl_context()
+        if own_context is not None:
+            target = dataclasses.replace(target, ssl_context=own_context)
+        return target
+
+    def _new_client(
+        self,
+        registration: WorkerRegistration | None = None,
+        target: locate.BrokerTarget | None = None,
+        **options: Any,
+    ) -> AsyncClient:
+        target = target or self.broker_target()
         return AsyncClient.from_url(
-            s.url,
-            token=s.token,
-            ssl_context=s.ssl_context(),
+            target.url,
+            token=target.token,
+            ssl_context=target.ssl_context,
             worker=registration,
             client_name=f"{CLIENT_NAME} worker" if registration is not None else CLIENT_NAME,
+            **options,
         )
+
+    async def _wait_for_broker(self, target: locate.BrokerTarget, handle_signals: bool) -> bool:
+        """Wait until a broker answers at ``target``; False when stopped by a signal first.
+
+        One line when the wait starts; ``connect_timeout`` bounds it (then ConnectionLost).
+        A refused token or certificate is not waited out: it is raised at once.
+        """
+        stopped = False
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+
+                async def watch_signals() -> None:
+                    nonlocal stopped
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            logger.warning(
+                                "received %s while waiting for the broker: not starting",
+                                signal.Signals(signum).name,
+                            )
+                            stopped = True
+                            tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_signals)
+            try:
+                await self._probe_until_answered(target)
+            except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return not stopped
+
+    async def _probe_until_answered(self, target: locate.BrokerTarget) -> None:
+        limit = self._settings.connect_timeout
+        started = anyio.current_time()
+        attempt = 0
+        while True:
+            attempt += 1
+            probe = self._new_client(target=target, connect_attempts=1, connect_timeout=10.0)
+            try:
+                async with probe:
+                    if attempt > 1:
+                        logger.info("the broker at %s answers now", target.shown_url)
+                    return
+            except (errors.ConnectionLost, errors.TooManyConnections, errors.ShuttingDown) as exc:
+                reason = locate.unreachable_reason(exc)
+                if _refused_for_good(exc):
+                    raise
+                waited = anyio.current_time() - started
+                if limit is not None and waited >= limit:
+                    raise errors.ConnectionLost(
+                        f"no broker answered at {target.shown_url} within {limit:g} s "
+                        f"(connect_timeout): {reason}"
+                    ) from exc
+                if attempt == 1:
+                    bound = "until it does" if limit is None else f"up to {limit:g} s"
+                    logger.warning(
+                        "no broker answers at %s yet (%s); waiting for it, %s",
+                        target.shown_url,
+                        reason,
+                        bound,
+                    )
+                delay = min(WAIT_FOR_BROKER_CAP, 0.25 * 2 ** min(attempt - 1, 5))
+                if limit is not None:
+                    delay = min(delay, max(limit - waited, 0.0))
+                await anyio.sleep(delay)
 
     # ------------------------------------------------------------------ running
 
@@ -324,9 +439,14 @@ class Worker:
                 **self._settings.meta,
             },
         )
-        async with self._new_client(registration) as client, BlockingPortal() as portal:
+        target = self.broker_target()
+        if not await self._wait_for_broker(target, handle_signals):
+            return
+        client_cm = self._new_client(registration, target)
+        async with client_cm as client, BlockingPortal() as portal:
             runtime = Runtime(config, {q: self._tasks[q] for q in config.queues}, client, portal)
             self._runtime = runtime
+            self._executor = runtime.executor
             self._loop_thread = threading.get_ident()
             self._ready.set()
             logger.info(
@@ -431,6 +551,20 @@ class Worker:
             if threading.get_ident() == self._loop_thread:
                 raise RuntimeError("enqueue_sync would block the event loop; await enqueue()")
             return runtime.portal.call(functools.partial(self.enqueue, queue, payload, **options))
-        s = self._settings
-        with Client.from_url(s.url, token=s.token, ssl_context=s.ssl_context()) as client:
+        target = self.broker_target()
+        with Client.from_url(
+            target.url, token=target.token, ssl_context=target.ssl_context
+        ) as client:
             return client.enqueue(queue, payload, **options)
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """A failure that waiting will not cure: the broker's certificate is not trusted."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl_module.SSLCertVerificationError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from tasks import make_thumbnail, send_email
 
 from durable_tq.client import Client
 
-URL = os.environ.get("DURABLE_TQ_URL", "tcp://127.0.0.1:7480")
 FINISHED = ("succeeded", "dead", "cancelled")
 
 
@@ -21,7 +19,7 @@ def main() -> None:
         send_email.enqueue_sync({"to": "nobody"}).task_id,  # fails for good
         make_thumbnail.enqueue_sync({"image": "cat.jpg"}).task_id,
     ]
-    with Client.from_url(URL) as client:
+    with Client.from_env() as client:  # the broker durable-tq would reach from here
         # Or through a client, naming the queue.
         task_ids.append(client.enqueue("thumbnails", {"image": "dog.jpg"}).task_id)
         for task_id in task_ids:

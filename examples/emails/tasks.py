@@ -1,15 +1,11 @@
 """An example worker app: two handlers, one async and one sync.
 
-Run it (three terminals, from this folder)::
-
-    durable-tq serve
-    durable-tq worker tasks:worker
-    python producer.py
+Run it as examples/README.md says: ``durable-tq serve``, ``durable-tq worker tasks:worker``,
+``python producer.py``, each in its own terminal, from this folder.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -17,10 +13,8 @@ import anyio
 
 from durable_tq import Fail, Retry, TaskContext, Worker
 
-worker = Worker(
-    concurrency=8,
-    url=os.environ.get("DURABLE_TQ_URL", "tcp://127.0.0.1:7480"),
-)
+# No url: the worker finds the broker as durable-tq does (DURABLE_TQ_URL, ./durable_tq.toml, ...).
+worker = Worker(concurrency=8)
 
 # Addresses our pretend mail server turns away once, as a real one does when it is busy.
 GREYLISTED = ("ops@example.com",)

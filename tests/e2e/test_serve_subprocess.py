@@ -312,5 +312,5 @@ async def test_port_in_use_exits_1_with_one_line(
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     expected = f"cannot listen on 127.0.0.1:{first.port}: Address already in use"
-    assert last == f"durable-tq serve: {expected}"
+    assert last == f"error: {expected}"
     assert "Traceback" not in result.stderr
