@@ -29,6 +29,8 @@ log = logging.getLogger("durable_tq.broker")
 
 Result = dict[str, Any]
 
+#: The states counted against max_queue_depth.
+WAITING = (TaskState.QUEUED, TaskState.SCHEDULED)
 #: An enqueue_many of more tasks than this is a heavy write (runs on the database thread).
 HEAVY_ROWS = 200
 
@@ -394,8 +396,12 @@ class Broker:
                 + batch.net(task.queue, TaskState.SCHEDULED)
             )
             if depth >= limit:
+                # Say what waits without this request's own tasks (an enqueue_many refused
+                # midway would otherwise count its first items).
+                waiting = depth - batch.request_net(task.queue, *WAITING)
                 raise errors.Busy(
-                    f"queue {task.queue!r} holds {depth} waiting tasks (max_queue_depth {limit})",
+                    f"queue {task.queue!r} holds {waiting} waiting tasks "
+                    f"(max_queue_depth {limit})",
                     retry_after=1.0,
                 )
         cursor = conn.execute(

@@ -77,6 +77,10 @@ class Batch:
         key = (queue, state)
         return self.moves[key] + self.request_moves[key]
 
+    def request_net(self, queue: str, *states: str) -> int:
+        """The change the write running now made to ``queue``'s count of ``states``."""
+        return sum(self.request_moves[(queue, state)] for state in states)
+
     def begin_request(self) -> None:
         if self.request_moves:
             self.request_moves = Counter()

@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -18,6 +19,27 @@ from durable_tq.broker import Broker, Session, TaskSpec, backoff_delay
 from durable_tq.config import Settings
 
 pytestmark = pytest.mark.anyio
+
+
+@dataclass(frozen=True)
+class TaskSpecSettle:
+    """One settle item, as the broker takes it (``wire.schema.SettleItem`` is one too)."""
+
+    task_id: int
+    lease_token: str
+    outcome: str
+    result: str | None = None
+    error: str = ""
+    retry: bool = True
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    queues: list[str]
+    max: int = 1
+    wait: float = 0.0
+    lease: float | None = None
 
 
 def j(value: Any) -> str:
@@ -206,9 +228,7 @@ async def test_release_does_not_count_the_attempt(broker: Broker) -> None:
     assert reply["state"] == "queued"
     (task,) = await claim(broker)
     assert task["attempt"] == 1
-    reply = await broker.release(
-        task_id=task_id, lease_token=task["lease_token"], delay=30
-    )
+    reply = await broker.release(task_id=task_id, lease_token=task["lease_token"], delay=30)
     assert reply["state"] == "scheduled" and reply["run_at"] > time.time() + 25
     assert await claim(broker) == []
 
@@ -216,9 +236,7 @@ async def test_release_does_not_count_the_attempt(broker: Broker) -> None:
 async def test_extend_moves_the_lease(broker: Broker) -> None:
     task_id = await enqueue(broker)
     (task,) = await claim(broker, lease=1)
-    reply = await broker.extend(
-        task_id=task_id, lease_token=task["lease_token"], lease=60
-    )
+    reply = await broker.extend(task_id=task_id, lease_token=task["lease_token"], lease=60)
     assert reply["lease_expires_at"] > time.time() + 50
     with pytest.raises(errors.BadRequest):
         await broker.extend(task_id=task_id, lease_token=task["lease_token"], lease=10**9)
@@ -261,9 +279,7 @@ async def test_enqueue_many_is_all_or_nothing(
         )
         assert len(reply["task_ids"]) == 2 and reply["created"] == [True, True]
         with pytest.raises(errors.Busy) as busy:
-            await broker.enqueue_many(
-                tasks=[TaskSpec(queue="q", payload=j(i)) for i in range(2)]
-            )
+            await broker.enqueue_many(tasks=[TaskSpec(queue="q", payload=j(i)) for i in range(2)])
         assert busy.value.retry_after > 0
         stats = await broker.stats()
         assert stats["queues"]["q"]["queued"] == 2  # the failed batch left nothing behind
@@ -271,13 +287,11 @@ async def test_enqueue_many_is_all_or_nothing(
 
 async def test_enqueue_many_dedupes_within_and_reports_created(broker: Broker) -> None:
     reply = await broker.enqueue_many(
-
-            tasks=[
-                TaskSpec(queue="q", payload=j(1), unique_key="u"),
-                TaskSpec(queue="q", payload=j(2), unique_key="u"),
-                TaskSpec(queue="q", payload=j(3)),
-            ]
-
+        tasks=[
+            TaskSpec(queue="q", payload=j(1), unique_key="u"),
+            TaskSpec(queue="q", payload=j(2), unique_key="u"),
+            TaskSpec(queue="q", payload=j(3)),
+        ]
     )
     assert reply["task_ids"][0] == reply["task_ids"][1]
     assert reply["created"] == [True, False, True]
@@ -444,9 +458,7 @@ async def test_list_pages_with_after_id(broker: Broker) -> None:
     seen: list[int] = []
     after = None
     while True:
-        page = await broker.list(
-            queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after
-        )
+        page = await broker.list(queue="q", state=p.TaskState.QUEUED, limit=3, after_id=after)
         seen += [t["task_id"] for t in page["tasks"]]
         after = page["next_after_id"]
         if after is None:
@@ -621,9 +633,7 @@ async def test_a_refused_batch_does_not_leave_its_queue_unrecorded(
 ) -> None:
     async with Broker(make_settings(max_queue_depth=1)) as broker:
         with pytest.raises(errors.Busy):
-            await broker.enqueue_many(
-                tasks=[TaskSpec(queue="fresh"), TaskSpec(queue="fresh")]
-            )
+            await broker.enqueue_many(tasks=[TaskSpec(queue="fresh"), TaskSpec(queue="fresh")])
         await enqueue(broker, "fresh")
         rows = await broker.store.read(
             lambda conn: conn.execute("SELECT name FROM queues").fetchall()
@@ -694,15 +704,11 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         for t in fail:
             await broker.fail(task_id=t["task_id"], lease_token=t["lease_token"], delay=0)
         for t in dead:
-            await broker.fail(
-                task_id=t["task_id"], lease_token=t["lease_token"], retry=False
-            )
+            await broker.fail(task_id=t["task_id"], lease_token=t["lease_token"], retry=False)
         for t in release:
             await broker.release(task_id=t["task_id"], lease_token=t["lease_token"])
         for t in expire:
-            await broker.extend(
-                task_id=t["task_id"], lease_token=t["lease_token"], lease=0.01
-            )
+            await broker.extend(task_id=t["task_id"], lease_token=t["lease_token"], lease=0.01)
         queued = (await broker.list(state=p.TaskState.QUEUED, limit=3))["tasks"]
         for task in queued:
             await broker.cancel(task_id=task["task_id"])
@@ -738,3 +744,78 @@ async def test_a_batch_that_breaks_midway_commits_nothing_and_the_next_one_works
     assert await state_of(broker, task_id) == "queued"
     names = await broker.store.read(lambda conn: conn.execute("SELECT name FROM queues").fetchall())
     assert ("ghost",) not in names
+
+
+async def test_a_refused_enqueue_many_does_not_count_against_the_depth_of_its_batch(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Regression (hardening, item 12): 9, then 5 refused as busy, then 1 in one group commit
+    with max_queue_depth 10 answered ok, busy, busy: the refused request's count stayed."""
+    async with Broker(make_settings(max_queue_depth=10)) as broker:
+        outcomes: dict[str, object] = {}
+
+        async def send(name: str, count: int) -> None:
+            try:
+                tasks = [TaskSpec(queue="q", payload=j(i)) for i in range(count)]
+                await broker.enqueue_many(tasks=tasks)
+                outcomes[name] = "ok"
+            except errors.Busy as exc:
+                outcomes[name] = exc.message
+
+        # Started in one go, the three writes land in one batch (one transaction).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, "nine", 9)
+            tg.start_soon(send, "five", 5)
+            tg.start_soon(send, "one", 1)
+        assert broker.store.stats.commits == 1  # all three were in one transaction
+        assert outcomes["nine"] == "ok" and outcomes["one"] == "ok"
+        assert "holds 9 waiting tasks" in str(outcomes["five"])
+        assert (await broker.stats())["queues"]["q"]["queued"] == 10
+
+
+async def test_settle_mixes_valid_stale_and_unknown_leases_per_task(broker: Broker) -> None:
+    ids = [await enqueue(broker, payload=i) for i in range(4)]
+    session = Session()
+    tasks = {t["task_id"]: t for t in await claim(broker, max=4, session=session)}
+    stale = tasks[ids[3]]["lease_token"]
+    # Re-lease the fourth task under a new token: the old one is now stale.
+    await broker.release(task_id=ids[3], lease_token=stale)
+    (again,) = await claim(broker, session=session)
+    settles = [
+        TaskSpecSettle(ids[0], tasks[ids[0]]["lease_token"], "ack", j({"done": 1})),
+        TaskSpecSettle(ids[1], tasks[ids[1]]["lease_token"], "fail", error="boom", retry=False),
+        TaskSpecSettle(ids[2], tasks[ids[2]]["lease_token"], "release", delay=0),
+        TaskSpecSettle(ids[3], stale, "ack"),
+        TaskSpecSettle(987654, "nope", "ack"),
+    ]
+    reply = plain(await broker.settle(settles=settles, session=session))
+    by_id = {r["task_id"]: r for r in reply["results"]}
+    assert by_id[ids[0]] == {"task_id": ids[0], "ok": True, "state": "succeeded", "run_at": None}
+    assert by_id[ids[1]]["ok"] and by_id[ids[1]]["state"] == "dead"
+    assert by_id[ids[2]]["ok"] and by_id[ids[2]]["state"] == "queued"
+    assert by_id[ids[3]]["error"]["code"] == "lease_lost"
+    assert by_id[987654]["error"]["code"] == "not_found"
+    assert "tasks" not in reply and "worker_state" not in reply  # no claim, no worker
+    # Nothing else was touched: the re-leased task still holds its new lease.
+    assert await state_of(broker, ids[3]) == "leased"
+    info = plain((await broker.get(task_id=ids[0]))["task"])
+    assert info["result"] == {"done": 1}
+    await broker.ack(task_id=ids[3], lease_token=again["lease_token"])
+
+
+async def test_settle_with_claim_leases_after_settling_in_one_round_trip(broker: Broker) -> None:
+    session = Session()
+    spec = p.WorkerSpec(id="w", concurrency=1, prefetch=1)
+    await broker.hello(version=1, worker=spec, session=session)
+    ids = [await enqueue(broker, payload=i) for i in range(4)]
+    first = await claim(broker, max=10, session=session)
+    assert [t["task_id"] for t in first] == ids[:2]  # concurrency + prefetch
+    settles = [TaskSpecSettle(t["task_id"], t["lease_token"], "ack") for t in first]
+    claim_args = ClaimSpec(queues=["q"], max=10)
+    reply = plain(await broker.settle(settles=settles, claim=claim_args, session=session))
+    assert [r["ok"] for r in reply["results"]] == [True, True]
+    # The freed slots were claimable in the same transaction; the heartbeat came along.
+    assert [t["task_id"] for t in reply["tasks"]] == ids[2:]
+    assert reply["worker_state"] == "running"
+    # Full again: a settle that frees nothing claims nothing.
+    assert plain(await broker.settle(settles=[], claim=claim_args, session=session))["tasks"] == []
