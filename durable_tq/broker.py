@@ -554,6 +554,7 @@ class Broker:
                 conn, batch, open_queues, limit, lease, worker_id
             ),
             atomic=True,
+            durable=False,  # a lease is not a durable reply (store.Store.write)
         )
         self._after_lease(tasks)
         return tasks
@@ -799,7 +800,9 @@ class Broker:
         # Every item is one fenced UPDATE that raises before writing: no savepoints needed.
         # Shielded, like a claim's write: the tasks it leases must come back to the caller.
         with anyio.CancelScope(shield=True):
-            settled = await self.store.write(write, atomic=True, heavy=len(items) > HEAVY_ROWS)
+            settled = await self.store.write(
+                write, atomic=True, heavy=len(items) > HEAVY_ROWS, durable=bool(items)
+            )
         self._after_return(settled.returned)
         self._after_lease(settled.tasks)
         reply: Result = {"results": settled.results}
@@ -830,7 +833,7 @@ class Broker:
                 raise self._lease_lost_or_missing(conn, task_id)
             return expires_at
 
-        return {"lease_expires_at": await self.store.write(extend, atomic=True)}
+        return {"lease_expires_at": await self.store.write(extend, atomic=True, durable=False)}
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -845,7 +848,9 @@ class Broker:
             "now": now,
         }
         await self.store.write(
-            lambda conn, batch: conn.execute(queries.REGISTER_WORKER, params), atomic=True
+            lambda conn, batch: conn.execute(queries.REGISTER_WORKER, params),
+            atomic=True,
+            durable=False,
         )
         log.info(
             "worker %s registered (concurrency %d, prefetch %d)",
@@ -865,7 +870,7 @@ class Broker:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
             return str(row[0])
 
-        return {"state": await self.store.write(beat, atomic=True)}
+        return {"state": await self.store.write(beat, atomic=True, durable=False)}
 
     async def worker_state(
         self, worker_id: str, state: str, *, session: Session | None = None

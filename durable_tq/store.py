@@ -116,15 +116,21 @@ class _PendingWrite(Generic[T]):
     aiosqlite already ties the broker to asyncio.
     """
 
-    __slots__ = ("atomic", "done", "error", "fn", "heavy", "result")
+    __slots__ = ("atomic", "done", "durable", "error", "fn", "heavy", "result")
 
     def __init__(
-        self, fn: WriteFn[T], done: asyncio.Future[None], heavy: bool, atomic: bool
+        self,
+        fn: WriteFn[T],
+        done: asyncio.Future[None],
+        heavy: bool,
+        atomic: bool,
+        durable: bool,
     ) -> None:
         self.fn = fn
         self.done = done
         self.heavy = heavy
         self.atomic = atomic
+        self.durable = durable
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -144,6 +150,9 @@ class StoreStats:
     busy_seconds: float = 0.0
     #: Seconds spent in COMMIT alone (the fsync, with synchronous=FULL).
     commit_seconds: float = 0.0
+    #: Commits of batches with no durable write (claims, extends, heartbeats only), which
+    #: did not wait for the fsync (see Store.write, ``durable``).
+    unsynced_commits: int = 0
 
 
 def configure(conn: sqlite3.Connection, settings: Settings, readonly: bool = False) -> None:
@@ -208,6 +217,8 @@ class Store:
         self._batch = Batch()
         self._batch_started = 0.0
         self.commit_on_loop_max = COMMIT_ON_LOOP_MAX
+        self._full_sync = settings.synchronous.value.upper() == "FULL"
+        self._unsynced = False  # the writer connection is at NORMAL now, for a lease batch
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -285,7 +296,9 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write(self, fn: WriteFn[T], *, heavy: bool = False, atomic: bool = False) -> T:
+    async def write(
+        self, fn: WriteFn[T], *, heavy: bool = False, atomic: bool = False, durable: bool = True
+    ) -> T:
         """Run ``fn(conn, batch)`` in the next group commit; return its result once that commit
         is durable.
 
@@ -294,6 +307,13 @@ class Store:
         then runs wholly on the database thread instead of on the event loop.
         ``atomic``: ``fn`` cannot half-fail (it raises a DurableTQError only before it writes
         anything), so it runs without a savepoint of its own.
+        ``durable=False``: the write is one that PROTOCOL.md does not promise durable (a claim's
+        lease, an extend, a heartbeat). A batch made only of such writes commits with
+        ``synchronous = NORMAL``: the commit is complete (in the WAL, visible, and it survives
+        the broker process being killed) before ``fn``'s caller hears of it, but it does not
+        wait for the fsync; the next durable commit's fsync covers it. Only a power loss or an
+        OS crash can lose it, and then losing a lease only hands its task out again
+        (at-least-once), with the workers that held it gone too. docs/guarantees.md.
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
@@ -302,7 +322,9 @@ class Store:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        pending = _PendingWrite(fn, asyncio.get_running_loop().create_future(), heavy, atomic)
+        pending = _PendingWrite(
+            fn, asyncio.get_running_loop().create_future(), heavy, atomic, durable
+        )
         self._pending.append(pending)
         self._wakeup.set()
         await pending.done
@@ -368,6 +390,7 @@ class Store:
         self._batch_started = time.perf_counter()
         state = self._batch = Batch()
         try:
+            self._choose_sync(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = storage_error(exc, "starting a write transaction")
@@ -398,6 +421,17 @@ class Store:
                 conn.execute("ROLLBACK TO request")
             conn.execute("RELEASE request")
         return self._write_counts(conn, batch)
+
+    def _choose_sync(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
+        """Under synchronous=FULL, a batch without a durable write commits with NORMAL (see
+        :meth:`write`). SQLite takes the level only outside a transaction, so it is set here,
+        before BEGIN, and only when it changes."""
+        if not self._full_sync:
+            return
+        unsynced = not any(pending.durable for pending in batch)
+        if unsynced != self._unsynced:
+            conn.execute(f"PRAGMA synchronous = {'NORMAL' if unsynced else 'FULL'}")
+            self._unsynced = unsynced
 
     def _run_atomic(
         self,
@@ -444,6 +478,7 @@ class Store:
     def _commit(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
         """COMMIT (the fsync) and count; a failed commit fails every request of the batch."""
         committing = time.perf_counter()
+        unsynced = self._unsynced
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -453,6 +488,7 @@ class Store:
             return
         done = time.perf_counter()
         stats = self.stats
+        stats.unsynced_commits += unsynced
         stats.commits += 1
         stats.writes += len(batch)
         stats.largest_batch = max(stats.largest_batch, len(batch))

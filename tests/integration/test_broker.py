@@ -819,3 +819,33 @@ async def test_settle_with_claim_leases_after_settling_in_one_round_trip(broker:
     assert reply["worker_state"] == "running"
     # Full again: a settle that frees nothing claims nothing.
     assert plain(await broker.settle(settles=[], claim=claim_args, session=session))["tasks"] == []
+
+
+async def test_a_batch_with_any_durable_write_commits_with_full_sync(broker: Broker) -> None:
+    """Claims, extends and heartbeats alone commit without waiting for the fsync; any batch
+    that holds a durable write (enqueue, ack...) commits with synchronous=FULL."""
+
+    def level(conn: Any, batch: Any) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])  # 1 NORMAL, 2 FULL
+
+    store = broker.store
+    assert await store.write(level) == 2
+    before = store.stats.unsynced_commits
+    assert await store.write(level, durable=False) == 1
+    assert store.stats.unsynced_commits == before + 1
+    assert await store.write(level) == 2  # back to FULL for the next durable batch
+    levels: list[int] = []
+
+    async def write(durable: bool) -> None:
+        levels.append(await store.write(level, durable=durable))
+
+    async with anyio.create_task_group() as tg:  # one batch: a lease write and a durable one
+        tg.start_soon(write, False)
+        tg.start_soon(write, True)
+    assert levels == [2, 2]
+    # A claim is such a write; an ack after it is durable again.
+    task_id = await enqueue(broker)
+    (task,) = await claim(broker)
+    assert store.stats.unsynced_commits == before + 2
+    await broker.ack(task_id=task_id, lease_token=task["lease_token"])
+    assert store.stats.unsynced_commits == before + 2
