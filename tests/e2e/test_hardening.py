@@ -4,6 +4,7 @@ and requeue saying why it skipped a task. Real broker processes on real files an
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -305,3 +306,60 @@ def test_serve_refuses_an_empty_auth_token(tmp_path: Path, how: str, value: str)
     assert code == 2, (code, stdout, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "auth_tokens" in lines[0] and "empty" in lines[0], stderr
+
+
+# --- item 13: requeue says why it skipped a task -------------------------------------------------
+
+
+async def test_requeue_says_why_each_task_was_skipped(
+    tmp_path: Path, serve_subprocess: ServeSubprocess, raw_connect: RawConnect
+) -> None:
+    broker = serve_subprocess(tmp_path / "rq.db")
+    async with raw_connect(broker.url) as conn:
+        old = (await conn.request("enqueue", queue="q", payload=1, unique_key="k"))["task_id"]
+        assert (await conn.request("cancel", task_id=old))["ok"]
+        live = (await conn.request("enqueue", queue="q", payload=2, unique_key="k"))["task_id"]
+        free = (await conn.request("enqueue", queue="q", payload=3))["task_id"]
+        assert (await conn.request("cancel", task_id=free))["ok"]
+        missing = 987_654
+
+        reply = await conn.request("requeue", task_ids=[old, live, missing, free])
+        assert reply["ok"], reply
+        assert reply["count"] == 1
+        assert reply["skipped"] == [
+            {"task_id": old, "reason": f"unique_key 'k' is held by live task {live}"},
+            {"task_id": live, "reason": "task is queued; only dead or cancelled tasks move"},
+            {"task_id": missing, "reason": "no such task"},
+        ]
+        # By queue: the blocked task is named too.
+        reply = await conn.request("requeue", queue="q", state="cancelled")
+        assert reply["count"] == 0
+        assert reply["skipped"] == [
+            {"task_id": old, "reason": f"unique_key 'k' is held by live task {live}"}
+        ]
+        # Nothing skipped: the field is an empty list.
+        reply = await conn.request("requeue", task_ids=[])
+        assert reply["count"] == 0 and reply["skipped"] == []
+
+    result = await anyio.to_thread.run_sync(
+        lambda: _cli(
+            "requeue",
+            str(old),
+            str(missing),
+            "--url",
+            broker.url,
+            cwd=tmp_path,
+            env=_clean_env(COLUMNS="200"),
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    assert "requeued 0 tasks" in result.stdout
+    assert f"task {old}: unique_key 'k' is held by live task {live}" in result.stdout
+    assert f"task {missing}: no such task" in result.stdout
+    result = await anyio.to_thread.run_sync(
+        lambda: _cli("requeue", str(old), "--url", broker.url, "--json", cwd=tmp_path)
+    )
+    assert json.loads(result.stdout) == {
+        "count": 0,
+        "skipped": [{"task_id": old, "reason": f"unique_key 'k' is held by live task {live}"}],
+    }
