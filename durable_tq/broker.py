@@ -982,17 +982,38 @@ class Broker:
             sql = queries.REQUEUE_QUEUE
             steps = [(state, {"now": now, "queue": queue, "state": state})]
 
-        def requeue(conn: sqlite3.Connection, batch: Batch) -> Counter[str]:
+        def skip_reason(conn: sqlite3.Connection, task_id: int) -> str:
+            row = conn.execute(queries.REQUEUE_SKIPPED_TASK, (task_id,)).fetchone()
+            if row is None:
+                return "no such task"
+            queue, state, unique_key = row
+            if state not in (TaskState.DEAD, TaskState.CANCELLED):
+                return f"task is {state}; only dead or cancelled tasks move"
+            holder = conn.execute(queries.FIND_LIVE_UNIQUE, (queue, unique_key)).fetchone()
+            if holder is not None:
+                return f"unique_key '{unique_key}' is held by live task {holder[0]}"
+            return "not requeued"
+
+        def requeue(conn: sqlite3.Connection, batch: Batch) -> tuple[Counter[str], list[Result]]:
             ready: Counter[str] = Counter()
+            moved: set[int] = set()
             for old_state, params in steps:
-                for (name,) in conn.execute(sql, params):
+                for name, task_id in conn.execute(sql, params):
                     batch.moved(name, old_state, TaskState.QUEUED)
                     ready[name] += 1
-            return ready
+                    moved.add(task_id)
+            # UPDATE OR IGNORE leaves a task whose unique_key a live task holds: say so.
+            if task_ids is not None:
+                left = list(dict.fromkeys(i for i in task_ids if i not in moved))
+            else:
+                rows = conn.execute(queries.REQUEUE_LEFT_IN_QUEUE, (queue, state))
+                left = [task_id for (task_id,) in rows]
+            skipped = [{"task_id": i, "reason": skip_reason(conn, i)} for i in left]
+            return ready, skipped
 
-        ready = await self.store.write(requeue, heavy=True)
+        ready, skipped = await self.store.write(requeue, heavy=True)
         self.notify_ready(ready)
-        return {"count": sum(ready.values())}
+        return {"count": sum(ready.values()), "skipped": skipped}
 
     async def pause(self, queue: str, *, session: Session | None = None) -> Result:
         await self._set_paused(queue, True)

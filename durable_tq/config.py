@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_pending_writes: int = Field(
         8192, ge=1, description="Queued write requests before connections stop reading."
     )
+    file_check_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between checks that the database, its WAL and lock file are "
+        "still the files the broker opened.",
+    )
 
     # task semantics
     default_lease: float = Field(30.0, gt=0, description="Lease of a claim, unless given.")
@@ -116,8 +122,22 @@ class Settings(BaseSettings):
                     return json.loads(text)
                 except ValueError as exc:
                     raise ValueError(f"not a JSON list of strings: {exc}") from None
-            return [token.strip() for token in text.split(",") if token.strip()]
+            # Every item counts, blank ones too: "a,,b" or an empty variable is refused below
+            # rather than read as fewer tokens (or none: no auth at all).
+            return [token.strip() for token in value.split(",")]
         return value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _no_empty_token(cls, tokens: list[str]) -> list[str]:
+        # An empty token would let in every client that sends none, or an empty one.
+        blank = [n for n, token in enumerate(tokens) if not token.strip()]
+        if blank:
+            raise ValueError(
+                f"token {blank[0] + 1} of {len(tokens)} is empty or blank, which would let "
+                "anyone in; remove it (no tokens at all means no auth)"
+            )
+        return tokens
 
     @field_validator("synchronous", mode="before")
     @classmethod

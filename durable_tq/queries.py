@@ -131,10 +131,20 @@ SET state = 'queued', attempts = 0, run_at = :now, updated_at = :now, finished_a
 REQUEUE_IDS = (
     _REQUEUE_SET
     + """WHERE id IN (SELECT value FROM json_each(:ids)) AND state = :state
-RETURNING queue"""
+RETURNING queue, id"""
 )
 
-REQUEUE_QUEUE = _REQUEUE_SET + "WHERE queue = :queue AND state = :state RETURNING queue"
+REQUEUE_QUEUE = _REQUEUE_SET + "WHERE queue = :queue AND state = :state RETURNING queue, id"
+
+# Why a task was not requeued (OR IGNORE skips a row whose unique_key a live task holds).
+REQUEUE_SKIPPED_TASK = "SELECT queue, state, unique_key FROM tasks WHERE id = ?"
+
+#: A requeue by queue lists at most this many of the tasks it had to leave.
+REQUEUE_SKIPPED_LISTED = 1000
+
+REQUEUE_LEFT_IN_QUEUE = f"""
+SELECT id FROM tasks WHERE queue = ? AND state = ? ORDER BY id LIMIT {REQUEUE_SKIPPED_LISTED}
+"""
 
 SET_PAUSED = """
 INSERT INTO queues (name, paused) VALUES (?, ?)

@@ -17,6 +17,8 @@ at a time either way: the writer task awaits each step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -169,33 +171,226 @@ def configure(conn: sqlite3.Connection, settings: Settings, readonly: bool = Fal
         conn.execute(f"PRAGMA synchronous = {settings.synchronous.value}")
 
 
+FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path names
+
+
+def _identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_dev, st.st_ino)
+
+
+def _path_identity(path: Path) -> FileIdentity | None:
+    try:
+        return _identity(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _proc_locks(identity: FileIdentity, kind: str) -> list[int]:
+    """Pids holding ``kind`` locks (FLOCK, POSIX) on the file, from Linux's /proc/locks;
+    empty where there is no /proc."""
+    device = f"{os.major(identity[0]):02x}:{os.minor(identity[0]):02x}:{identity[1]}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return []
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:56789 0 EOF" (blocked waiters have "->")
+        if len(fields) >= 6 and fields[1] == kind and fields[5] == device:
+            pids.append(int(fields[4]))
+    return pids
+
+
+#: Descriptors of database files whose close had to wait: see _close_database_fd.
+_deferred_closes: list[tuple[int, FileIdentity]] = []
+
+
+def _close_database_fd(fd: int, identity: FileIdentity) -> None:
+    """Close our own descriptor of a database file without breaking SQLite's locks.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included (https://www.sqlite.org/howtocorrupt.html, 2.2). While another SQLite
+    connection of this process holds locks on the file, the close waits for a later call.
+    """
+    _deferred_closes.append((fd, identity))
+    pid = os.getpid()
+    for waiting in list(_deferred_closes):
+        if pid not in _proc_locks(waiting[1], "POSIX"):
+            _deferred_closes.remove(waiting)
+            os.close(waiting[0])
+
+
+def _open_database_file(path: Path) -> int:
+    """Open (or create, owner-only whatever the umask) the database file for our lock.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's permissions, so they are
+    owner-only too. A file this user cannot write is refused here, before SQLite opens it
+    read-only and the broker looks healthy while every write fails.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise errors.ConfigError(f"the folder of database {path} does not exist") from None
+    except OSError as exc:
+        raise errors.ConfigError(
+            f"cannot create database {path}: {exc.strerror} (the broker's user needs to write "
+            "the database's folder)"
+        ) from None
+    else:
+        os.fchmod(fd, 0o600)
+        return fd
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise errors.ConfigError(
+                f"database {path} is read-only for this user (uid {os.geteuid()}): "
+                f"{exc.strerror}; the broker must be able to write it and its folder"
+            ) from None
+        raise errors.ConfigError(f"cannot open database {path}: {exc.strerror}") from None
+
+
 class DatabaseLock:
-    """An exclusive advisory lock beside the database: one broker per file."""
+    """One broker per database file.
+
+    The lock is an exclusive ``flock`` on the database file itself, found through its real
+    path: a symlink or a second name of the same file meets the same lock, and nobody can
+    delete the lock without deleting the database. (Linux keeps ``flock`` and the POSIX locks
+    SQLite takes on the same file apart.) ``<db>.lock`` beside it names the holder's pid for
+    people and for older brokers, which lock only that file; it is removed on a clean stop.
+    """
 
     def __init__(self, db_path: Path) -> None:
-        self.path = Path(str(db_path) + ".lock")
-        self._fd: int | None = None
+        self.db_path = Path(db_path).resolve()
+        self.path = Path(f"{self.db_path}.lock")
+        self.db_identity: FileIdentity | None = None
+        self._db_fd: int | None = None
+        self._lock_fd: int | None = None
+        self._lock_identity: FileIdentity | None = None
+        self.wal_path = Path(f"{self.db_path}-wal")
+        self._wal_identity: FileIdentity | None = None
+        #: Why writes are refused (the database or its WAL went away under us), or None.
+        self.failure: str | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        db_fd = _open_database_file(self.db_path)
+        identity = _identity(os.fstat(db_fd))
+        try:
+            fcntl.flock(db_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _close_database_fd(db_fd, identity)
+            raise self._in_use(_proc_locks(identity, "FLOCK")) from None
+        self._db_fd, self.db_identity = db_fd, identity
+        try:
+            self._take_lock_file()
+        except BaseException:
+            self._release_database()
+            raise
+
+    def _in_use(self, pids: list[int]) -> errors.ConfigError:
+        holder = str(pids[0]) if pids else self._pid_in_lock_file() or "unknown"
+        return errors.ConfigError(
+            f"database {self.db_path} is in use by another broker (pid {holder}); "
+            "stop it or use another file"
+        )
+
+    def _pid_in_lock_file(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _take_lock_file(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot open lock file {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        except BlockingIOError:  # a broker of an older durable_tq, which locks only this file
+            identity = _identity(os.fstat(fd))
             os.close(fd)
-            raise errors.ConfigError(
-                f"database {self.path.with_suffix('')} is in use by another broker "
-                f"(pid {holder}); stop it or use another file"
-            ) from None
+            raise self._in_use(_proc_locks(identity, "FLOCK")) from None
+        with contextlib.suppress(OSError):  # not ours to change: it still names us
+            os.fchmod(fd, 0o600)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        self._lock_fd, self._lock_identity = fd, _identity(os.fstat(fd))
+
+    def note_wal(self) -> None:
+        """Remember which file the WAL is, once SQLite has opened it (see check)."""
+        self._wal_identity = _path_identity(self.wal_path)
+
+    def check(self) -> str | None:
+        """Are the database and its WAL still the files we opened? Sets and returns
+        ``failure`` when not. A deleted or replaced lock file is written again (the lock
+        itself is on the database file, so nothing got in meanwhile)."""
+        if self.failure is None:
+            self.failure = self._files_problem()
+        if self.failure is None:
+            self._repair_lock_file()
+        return self.failure
+
+    def _files_problem(self) -> str | None:
+        if _path_identity(self.db_path) != self.db_identity:
+            return (
+                f"the database file {self.db_path} was deleted or replaced while the broker "
+                "ran, so writes are refused. The broker still holds the old file open: put it "
+                "(or a backup) back before restarting the broker"
+            )
+        wal = _path_identity(self.wal_path)
+        if self._wal_identity is None:  # not opened yet when note_wal ran
+            self._wal_identity = wal
+        elif wal != self._wal_identity:
+            # SQLite keeps writing to the deleted file through its open descriptor: commits
+            # would look durable and vanish at the next crash.
+            return (
+                f"the write-ahead log {self.wal_path} was deleted or replaced while the broker "
+                "ran, so writes are refused: what they commit would be lost at the next crash. "
+                "Restart the broker: a clean stop (SIGTERM) first copies what the deleted log "
+                "holds into the database"
+            )
+        return None
+
+    def _repair_lock_file(self) -> None:
+        if _path_identity(self.path) != self._lock_identity:
+            old_fd = self._lock_fd
+            try:
+                self._take_lock_file()
+            except errors.ConfigError as exc:
+                log.warning(
+                    "lock file %s is gone and could not be written again: %s",
+                    self.path,
+                    exc.message,
+                )
+            else:
+                log.warning(
+                    "lock file %s was deleted or replaced while the broker ran; wrote it again",
+                    self.path,
+                )
+                if old_fd is not None:
+                    os.close(old_fd)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._lock_fd is not None:
+            # Removed while still held, and only if it is still ours: a clean stop leaves no
+            # file behind that someone might think stale and delete while a broker runs.
+            if _path_identity(self.path) == self._lock_identity:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self._release_database()
+
+    def _release_database(self) -> None:
+        if self._db_fd is not None and self.db_identity is not None:
+            fcntl.flock(self._db_fd, fcntl.LOCK_UN)
+            _close_database_fd(self._db_fd, self.db_identity)
+            self._db_fd = None
 
 
 class Store:
@@ -225,7 +420,7 @@ class Store:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Lock the file, connect, migrate, and start the writer task."""
+        """Lock the file, connect, migrate, and start the writer and the file watch."""
         self._lock.acquire()
         try:
             self._writer = await self._connect(readonly=False)
@@ -237,17 +432,37 @@ class Store:
             await self._close_connections()
             self._lock.release()
             raise
+        self._lock.note_wal()
+        self._watch_scope = anyio.CancelScope()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._writer_loop, name="durable_tq store writer")
+        self._task_group.start_soon(self._watch_files, name="durable_tq store file watch")
+
+    async def _watch_files(self) -> None:
+        """Every file_check_interval: is the database still the file we opened, and its WAL?"""
+        with self._watch_scope:
+            while True:
+                await anyio.sleep(self.settings.file_check_interval)
+                failure = self._lock.check()
+                if failure is not None:
+                    log.critical("%s", failure)
+                    return
 
     async def _check_writable(self, writer: aiosqlite.Connection) -> None:
-        """Take the write lock once: a file that another process keeps locked is refused at
-        start-up, clearly, instead of every write failing after busy_timeout later on (an
-        up-to-date WAL database needs no lock to open)."""
+        """Take the write lock once and write in it: a file that another process keeps locked,
+        or that SQLite can only read, is refused at start-up, clearly, instead of every write
+        failing later on (an up-to-date WAL database needs no lock to open, and a read-only
+        one opens without complaint)."""
         try:
             await on_db_thread(writer, _take_write_lock)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+                raise errors.ConfigError(
+                    f"database {self.path} is read-only for this broker (uid {os.geteuid()}): "
+                    f"{exc}; it must be able to write the database, its -wal and -shm files "
+                    "and their folder"
+                ) from exc
             raise storage_error(
                 exc, f"taking the write lock of {self.path} (is another process using it?)"
             ) from exc
@@ -257,6 +472,7 @@ class Store:
         if self._task_group is None:
             return
         self._closing = True
+        self._watch_scope.cancel()
         self._wakeup.set()
         await self._writer_done.wait()
         await self._task_group.__aexit__(None, None, None)
@@ -271,7 +487,11 @@ class Store:
 
     async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
         try:
-            conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+            # The real path, which the lock is on: a symlink's folder would otherwise get the
+            # -wal and -shm of a second view of the file.
+            conn = await aiosqlite.connect(
+                self._lock.db_path, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise storage_error(exc, f"opening {self.path}") from exc
         try:
@@ -317,6 +537,8 @@ class Store:
         """
         if self._closing:
             raise errors.ShuttingDown("the broker is stopping")
+        if self._lock.failure is not None:
+            raise errors.StorageError(self._lock.failure)
         while len(self._pending) >= self.settings.max_pending_writes:
             # Full: the caller waits here, so its connection stops reading (backpressure).
             if self._room.is_set():
@@ -531,7 +753,12 @@ class Store:
 
 def _take_write_lock(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("ROLLBACK")
+    try:
+        # A write that changes nothing: SQLite reports a file it can only read here.
+        version = migrate.current_version(conn)
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def _in_read_transaction(conn: sqlite3.Connection, fn: ReadFn[T]) -> T:

@@ -152,6 +152,7 @@ def _backup_to(source_path: Path, target: Path) -> dict[str, Any]:
     source = store.open_readonly(source_path)
     try:
         try:
+            _create_owner_only(target)
             copy = sqlite3.connect(target, isolation_level=None)
         except sqlite3.Error as exc:
             raise store.storage_error(exc, f"creating {target}") from exc
@@ -164,6 +165,19 @@ def _backup_to(source_path: Path, target: Path) -> dict[str, Any]:
     finally:
         source.close()
     return _verify(target)
+
+
+def _create_owner_only(path: Path) -> None:
+    """An empty file only its owner may read, whatever the umask: the copy holds every payload.
+    SQLite then writes into it (and gives a journal the same mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise errors.StorageError(f"cannot create {path}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _verify(path: Path) -> dict[str, Any]:

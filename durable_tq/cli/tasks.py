@@ -635,22 +635,29 @@ def requeue(
         raise UsageError("give task ids, or --queue QUEUE [--state dead|cancelled]")
     if state is not None and queue is None:
         raise UsageError("--state goes with --queue")
+    if task_ids:
+        args: dict[str, Any] = {"task_ids": task_ids}
+    else:
+        args = {"queue": queue, "state": (state or RequeueState.dead).value}
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-        if task_ids:
-            count = client.requeue(task_ids)
-        else:
-            count = client.requeue(queue=queue, state=(state or RequeueState.dead).value)
+        # The raw reply: it says why each skipped task stayed (older brokers do not).
+        reply = client.request("requeue", args)
+    count = int(reply["count"])
+    skipped: list[dict[str, Any]] = reply.get("skipped", [])
     if json_output:
-        print_json({"count": count})
+        print_json({"count": count, "skipped": skipped} if "skipped" in reply else {"count": count})
         return
-    message = Text.assemble("requeued ", (plural(count, "task"), "bold"))
-    if task_ids and count < len(task_ids):
-        message.append(
-            f" ({len(task_ids) - count} of the {len(task_ids)} given were not dead or "
+    console = stdout_console()
+    console.print(Text.assemble("requeued ", (plural(count, "task"), "bold")))
+    for item in skipped:
+        line = Text(f"  task {item['task_id']}: {item['reason']}", style="yellow")
+        console.print(line, soft_wrap=True)
+    if task_ids and "skipped" not in reply and count < len(task_ids):
+        console.print(
+            f"({len(task_ids) - count} of the {len(task_ids)} given were not dead or "
             "cancelled, or do not exist)",
             style="yellow",
         )
-    stdout_console().print(message)
 
 
 @app.command(rich_help_panel="Operate")

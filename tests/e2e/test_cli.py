@@ -269,8 +269,10 @@ def test_enqueue_usage_errors(url: str, tmp_path: Path) -> None:
 def test_requeue_by_ids_and_by_queue(url: str, client: Client) -> None:
     dead = make_dead(client, "jobs", 4)
 
-    assert ok_json("requeue", str(dead[0]), str(dead[1]), "--url", url) == {"count": 2}
-    assert ok_json("requeue", "--queue", "jobs", "--state", "dead", "--url", url) == {"count": 2}
+    by_ids = ok_json("requeue", str(dead[0]), str(dead[1]), "--url", url)
+    assert by_ids == {"count": 2, "skipped": []}
+    by_queue = ok_json("requeue", "--queue", "jobs", "--state", "dead", "--url", url)
+    assert by_queue == {"count": 2, "skipped": []}
     assert client.stats().queues["jobs"].queued == 4
     assert all(client.get(i).attempts == 0 for i in dead)
     assert "requeued 0 tasks" in ok("requeue", "--queue", "jobs", "--url", url).stdout

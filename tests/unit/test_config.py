@@ -96,3 +96,25 @@ def test_a_complex_value_the_environment_cannot_decode_is_a_config_error(
     monkeypatch.setenv("DURABLE_TQ_TLS_CERT", "")  # an empty path is not a file
     with pytest.raises(errors.ConfigError):
         config.load_settings()
+
+
+@pytest.mark.parametrize("tokens", [[""], ["   "], ["ok", ""], ["\t\n"]])
+def test_an_empty_auth_token_is_refused(tokens: list[str]) -> None:
+    with pytest.raises(errors.ConfigError, match=r"auth_tokens .*empty") as caught:
+        config.load_settings(auth_tokens=tokens)
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("value", ['[""]', '["a", " "]', "a,,b", "a, ,b", "a,", "", "  "])
+def test_an_empty_auth_token_from_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DURABLE_TQ_AUTH_TOKENS", value)
+    with pytest.raises(errors.ConfigError, match=r"auth_tokens \(from env .*empty"):
+        config.load_settings()
+
+
+def test_an_empty_auth_token_in_the_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "durable_tq.toml").write_text('auth_tokens = ["s3cret", ""]\n')
+    with pytest.raises(errors.ConfigError, match=r"auth_tokens \(from file .*empty"):
+        config.load_settings()
