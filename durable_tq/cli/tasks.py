@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
 
+import msgspec
 import typer
 from rich import box
 from rich.console import Group, RenderableType
@@ -176,11 +177,7 @@ def list_tasks(
         source = str(db)
     else:
         with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-            args: dict[str, Any] = {"limit": limit}
-            for name, value in (("queue", queue), ("state", state_name), ("after_id", after)):
-                if value is not None:
-                    args[name] = value
-            page = client.request("list", args)
+            page = msgspec.to_builtins(client.list_tasks(queue, state_name, limit, after))
             source = shown_url(client.async_client.url)
     if json_output:
         print_json({"tasks": page.get("tasks", []), "next_after_id": page.get("next_after_id")})
@@ -254,7 +251,7 @@ def show_task(
             task = _offline.get_task(conn, task_id)
     else:
         with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-            task = client.request("get", {"task_id": task_id})["task"]
+            task = msgspec.to_builtins(client.get(task_id))
     if json_output:
         print_json(task)
         return
@@ -521,7 +518,7 @@ def enqueue(
     if unique_key is not None:
         options["unique_key"] = unique_key
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-        reply = client.request("enqueue", {"queue": queue, "payload": payload, **options})
+        reply = msgspec.to_builtins(client.enqueue(queue, payload, **options))
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})
         return
