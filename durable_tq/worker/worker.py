@@ -61,6 +61,7 @@ class WorkerSettings:
     token: str | None = None
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
     claim_batch: int | None = None
+    prefetch: int = 0
     wait: float = 5.0
     lease: float | None = None
     ssl: ssl_module.SSLContext | bool | None = None
@@ -75,6 +76,7 @@ class WorkerSettings:
         checks = [
             (self.concurrency >= 1, "concurrency must be at least 1"),
             (self.claim_batch is None or self.claim_batch >= 1, "claim_batch must be >= 1"),
+            (self.prefetch >= 0, "prefetch must not be negative"),
             (self.wait >= 0, "wait must not be negative"),
             (self.lease is None or self.lease > 0, "lease must be positive"),
             (self.grace >= 0, "grace must not be negative"),
@@ -120,6 +122,10 @@ class Worker:
     :param token: the broker's auth token.
     :param worker_id: how the broker knows this worker; default ``host-pid-random``.
     :param claim_batch: tasks one claim may take at most (default: ``concurrency``).
+    :param prefetch: tasks held beyond ``concurrency``, claimed ahead so a slot that frees up
+        starts its next task without a round trip (default 0: claim only for free slots).
+        The broker lets the worker hold ``concurrency + prefetch`` leases at most; handlers
+        still run ``concurrency`` at once.
     :param wait: long-poll of a claim, in seconds.
     :param lease: lease asked for in each claim (default: each task's own, else the
         broker's ``default_lease``); leases are renewed while tasks run.
@@ -143,6 +149,7 @@ class Worker:
         token: str | None = None,
         worker_id: str | None = None,
         claim_batch: int | None = None,
+        prefetch: int = 0,
         wait: float = 5.0,
         lease: float | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
@@ -161,6 +168,7 @@ class Worker:
             token=token,
             worker_id=worker_id or default_worker_id(),
             claim_batch=claim_batch,
+            prefetch=prefetch,
             wait=wait,
             lease=lease,
             ssl=ssl,
@@ -285,6 +293,7 @@ class Worker:
             max_error_chars=s.max_error_chars,
             heartbeat_interval=s.heartbeat_interval,
             renew_fraction=s.renew_fraction,
+            prefetch=s.prefetch,
         )
 
     def _new_client(self, registration: WorkerRegistration | None = None) -> AsyncClient:
@@ -317,6 +326,7 @@ class Worker:
             id=config.worker_id,
             queues=list(config.queues),
             concurrency=config.concurrency,
+            prefetch=config.prefetch,
             meta={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
