@@ -33,6 +33,7 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack
@@ -40,18 +41,22 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.abc
+import msgspec
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from durable_tq import errors
+from durable_tq.wire import schema as s
+from durable_tq.wire.ops import OPS
 
 __all__ = [
     "CLIENT_NAME",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "AsyncClient",
+    "ClaimArgs",
     "ClaimedTask",
     "Client",
     "ClientOptions",
@@ -60,6 +65,9 @@ __all__ = [
     "FailResult",
     "QueueStats",
     "RequestTimeout",
+    "SettleReply",
+    "SettleResult",
+    "Settlement",
     "Stats",
     "TaskInfo",
     "TaskPage",
@@ -87,7 +95,7 @@ _NOT_SENT_RETRIES = 3
 
 P = ParamSpec("P")
 T = TypeVar("T")
-ModelT = TypeVar("ModelT", bound=BaseModel)
+ReplyT = TypeVar("ReplyT", bound=s.Reply)
 
 
 class RequestTimeout(errors.DurableTQError, TimeoutError):
@@ -102,116 +110,108 @@ class RequestTimeout(errors.DurableTQError, TimeoutError):
 # --------------------------------------------------------------------------- result models
 
 
-class _Reply(BaseModel):
-    # Frozen, and tolerant of fields a newer broker adds.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+# The reply types are the op table's (durable_tq/wire/schema.py), decoded straight from the
+# reply line by msgspec: the client cannot drift from what the broker sends. The public names
+# below are what users import; tests/e2e/test_client.py checks each against ``wire.ops.OPS``.
+
+#: What ``enqueue`` gives back: ``task_id``, and ``created`` (False when a live task with the
+#: same ``unique_key`` existed; ``task_id`` is then its id).
+EnqueueResult = s.EnqueueReply
+#: A task handed to this client by ``claim`` or ``settle``; finish it with ack/fail/release.
+ClaimedTask = s.LeasedTask
+#: Where a failed task went: ``scheduled``/``queued`` (retried, ``run_at``) or ``dead``.
+FailResult = s.FailReply
+#: Everything ``get`` and ``list`` report about one task.
+TaskInfo = s.TaskInfo
+#: Task counts per state for one queue.
+QueueStats = s.QueueStats
+#: The broker's ``stats`` reply.
+Stats = s.StatsReply
+#: One page of ``list``; pass ``next_after_id`` back as ``after_id`` for the next one.
+TaskPage = s.ListReply
+#: A registered worker as the ``workers`` op reports it.
+WorkerInfo = s.WorkerInfo
+#: What ``settle`` gives back: ``results`` (one per item, in order), ``tasks`` (claimed, when
+#: a claim was given) and ``worker_state`` (registered workers).
+SettleReply = s.SettleReply
+#: The outcome of one settle item: ``ok`` with ``state``/``run_at``, or ``error``.
+SettleResult = s.SettleResult
+#: What a ``settle`` claims in the same round trip: ``queues``, ``max``, ``wait``, ``lease``.
+ClaimArgs = s.ClaimArgs
 
 
-class EnqueueResult(_Reply):
-    """What ``enqueue`` gives back."""
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One lease to end inside ``settle``: an ack, a fail or a release.
+
+    Build them with ``Settlement.ack(...)``, ``Settlement.fail(...)`` or
+    ``Settlement.release(...)``.
+    """
 
     task_id: int
-    #: False when a live task with the same ``unique_key`` existed; ``task_id`` is then its id.
-    created: bool = True
-
-
-class ClaimedTask(_Reply):
-    """A task handed to this client by ``claim``; finish it with ack/fail/release."""
-
-    task_id: int
-    queue: str
-    payload: Any = None
-    priority: int = 0
-    attempt: int
     lease_token: str
-    lease_expires_at: float
+    outcome: s.Outcome
+    result: Any = None  # ack
+    error: str = ""  # fail
+    retry: bool = True  # fail
+    delay: float | None = None  # fail, release
+
+    @classmethod
+    def ack(cls, task_id: int, lease_token: str, result: Any = None) -> Settlement:
+        return cls(task_id, lease_token, s.Outcome.ACK, result=result)
+
+    @classmethod
+    def fail(
+        cls,
+        task_id: int,
+        lease_token: str,
+        error: str,
+        *,
+        retry: bool = True,
+        delay: float | None = None,
+    ) -> Settlement:
+        return cls(task_id, lease_token, s.Outcome.FAIL, error=error, retry=retry, delay=delay)
+
+    @classmethod
+    def release(cls, task_id: int, lease_token: str, *, delay: float | None = None) -> Settlement:
+        return cls(task_id, lease_token, s.Outcome.RELEASE, delay=delay)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "task_id": self.task_id,
+            "lease_token": self.lease_token,
+            "outcome": str(self.outcome),
+        }
+        if self.outcome is s.Outcome.ACK:
+            wire.update(_present(result=self.result))
+        elif self.outcome is s.Outcome.FAIL:
+            wire.update(error=self.error, retry=self.retry, **_present(delay=self.delay))
+        else:
+            wire.update(_present(delay=self.delay))
+        return wire
 
 
-class FailResult(_Reply):
-    """Where a failed task went: ``scheduled``/``queued`` (retried) or ``dead``."""
+class _TasksOf(msgspec.Struct):
+    """The claimed tasks of a claim or settle reply (for releasing an abandoned one)."""
 
-    state: str
-    #: When the retry is due; None when the task went ``dead``.
-    run_at: float | None = None
+    tasks: list[s.LeasedTask] | None = None
 
 
-class TaskInfo(_Reply):
-    """Everything ``get`` and ``list`` report about one task."""
+class _ReplyHead(msgspec.Struct):
+    """What the reader needs of every reply line; the rest is decoded by whoever asked."""
 
-    task_id: int
-    queue: str
-    state: str
-    payload: Any = None
-    priority: int = 0
-    attempts: int = 0
-    max_attempts: int
-    run_at: float | None = None
-    created_at: float
-    updated_at: float
-    lease_expires_at: float | None = None
-    worker_id: str | None = None
-    last_error: str | None = None
-    result: Any = None
-    unique_key: str | None = None
+    id: Any = None
+    ok: Any = None
+    error: Any = None
 
 
-class QueueStats(_Reply):
-    """Task counts per state for one queue."""
-
-    scheduled: int = 0
-    queued: int = 0
-    leased: int = 0
-    succeeded: int = 0
-    dead: int = 0
-    cancelled: int = 0
-    paused: bool = False
-    #: Seconds the oldest ``queued`` task has waited; None when nothing is queued.
-    oldest_queued_age: float | None = None
-
-
-class Stats(_Reply):
-    """The broker's ``stats`` reply."""
-
-    queues: dict[str, QueueStats] = Field(default_factory=dict)
-    workers: int = 0
-    connections: int = 0
-
-
-class TaskPage(_Reply):
-    """One page of ``list``; pass ``next_after_id`` back as ``after_id`` for the next one."""
-
-    tasks: list[TaskInfo] = Field(default_factory=list)
-    #: None on the last page.
-    next_after_id: int | None = None
-
-
-class WorkerInfo(_Reply):
-    """A registered worker as the ``workers`` op reports it."""
-
-    id: str
-    #: The queues it claims from; None (or empty) means all queues.
-    queues: list[str] | None = None
-    concurrency: int = 1
-    state: str
-    last_heartbeat: float | None = None
-    leased: int = 0
-
-
-class _ClaimReply(_Reply):
-    tasks: list[ClaimedTask] = Field(default_factory=list)
-
-
-class _EnqueueManyReply(_Reply):
-    task_ids: list[int]
-    created: list[bool] | None = None
-
-
-class _GetReply(_Reply):
-    task: TaskInfo
-
-
-class _WorkersReply(_Reply):
-    workers: list[WorkerInfo] = Field(default_factory=list)
+_HEAD = msgspec.json.Decoder(_ReplyHead)
+_TASKS_OF = msgspec.json.Decoder(_TasksOf)
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(op.reply) for name, op in OPS.items()
+}
+#: Ops that claim tasks: a reply we stopped waiting for still leased them.
+_CLAIMING = frozenset({"claim", "settle"})
 
 
 # ---------------------------------------------------------------------------- input models
@@ -260,6 +260,8 @@ class WorkerRegistration(BaseModel):
     #: None: all queues (the broker's default).
     queues: list[str] | None = None
     concurrency: int = 1
+    #: Tasks held beyond ``concurrency`` (the broker caps leases at the sum).
+    prefetch: int = 0
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -292,8 +294,21 @@ def _present(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+_FRAME_ENCODER = msgspec.json.Encoder(enc_hook=to_jsonable_python)
+
+
 def _encode_frame(message: Mapping[str, Any]) -> bytes:
-    """One compact JSON line. Payloads may be any JSON-able object (models, dataclasses, ...)."""
+    """One compact JSON line. Payloads may be any JSON-able object (models, dataclasses, ...).
+
+    msgspec writes it; it would write NaN and infinity as ``null``, so a frame that has a
+    ``null`` in it at all is written again by the standard library, which refuses them.
+    """
+    try:
+        frame = _FRAME_ENCODER.encode(message)
+    except (TypeError, ValueError, UnicodeEncodeError, msgspec.EncodeError):
+        frame = b"null"  # take the careful path, which says what is wrong
+    if b"null" not in frame:
+        return frame + b"\n"
     try:
         text = json.dumps(
             message,
@@ -307,10 +322,11 @@ def _encode_frame(message: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def _parse(model: type[ModelT], data: Mapping[str, Any], op: str) -> ModelT:
+def _decode(op: str, line: bytes) -> Any:
+    """The reply line of ``op`` as the op table's reply type."""
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
+        return _DECODERS[op].decode(line)
+    except msgspec.ValidationError as exc:
         raise errors.Internal(f"the broker sent a malformed {op!r} reply: {exc}") from exc
 
 
@@ -329,8 +345,8 @@ def _backoff_delay(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def _error_of(reply: Mapping[str, Any]) -> errors.DurableTQError:
-    error = reply.get("error")
+def _error_of(reply: Mapping[str, Any] | _ReplyHead) -> errors.DurableTQError:
+    error = reply.error if isinstance(reply, _ReplyHead) else reply.get("error")
     return errors.from_wire(error if isinstance(error, dict) else {})
 
 
@@ -353,27 +369,40 @@ class _BadReply(Exception):
 class _Waiter:
     """One request's place in line: the reader fills in the reply or the reason it never came."""
 
-    __slots__ = ("_event", "lost", "reply")
+    __slots__ = ("_event", "line", "lost", "reply")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
-        self.reply: dict[str, Any] | None = None
+        self.reply: _ReplyHead | None = None
+        self.line = b""
         self.lost: tuple[str, BaseException | None] = ("connection lost", None)
 
-    def resolve(self, reply: dict[str, Any]) -> None:
+    def resolve(self, reply: _ReplyHead, line: bytes) -> None:
         self.reply = reply
+        self.line = line
         self._event.set()
 
     def break_off(self, message: str, cause: BaseException | None) -> None:
         self.lost = (message, cause)
         self._event.set()
 
-    async def wait(self) -> dict[str, Any]:
+    async def wait(self) -> _ReplyHead:
         await self._event.wait()
         if self.reply is None:
             message, cause = self.lost
             raise errors.ConnectionLost(message) from cause
         return self.reply
+
+
+class _Outbox:
+    """Frames written together: one socket write for every request queued meanwhile."""
+
+    __slots__ = ("error", "frames", "sent")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.sent = False
+        self.error: errors.ConnectionLost | None = None
 
 
 class _Connection:
@@ -386,6 +415,8 @@ class _Connection:
         self.stream = stream
         self.receiver = receiver
         self.send_lock = anyio.Lock()
+        #: Frames waiting to be written; whoever holds ``send_lock`` writes them all at once.
+        self.outbox = _Outbox()
         self.waiters: dict[int, _Waiter] = {}
         #: Claims we stopped waiting for; their tasks are released when the reply comes.
         self.abandoned_claims: set[int] = set()
@@ -786,46 +817,46 @@ class AsyncClient:
 
     def _dispatch(self, conn: _Connection, line: bytes) -> None:
         try:
-            reply = json.loads(line)
-        except ValueError as exc:
+            reply = _HEAD.decode(line)
+        except msgspec.ValidationError as exc:
+            raise _BadReply(f"a reply line is not a JSON object: {line[:200]!r}") from exc
+        except msgspec.DecodeError as exc:
             raise _BadReply(f"a reply line is not JSON: {line[:200]!r}") from exc
-        if not isinstance(reply, dict):
-            raise _BadReply(f"a reply line is not a JSON object: {line[:200]!r}")
-        request_id = reply.get("id")
-        if reply.get("ok") is False:
+        request_id = reply.id
+        if reply.ok is False:
             self._note_error(conn, reply)
-        if not isinstance(request_id, int):
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
             return
         waiter = conn.waiters.pop(request_id, None)
         if waiter is not None:
-            waiter.resolve(reply)
+            waiter.resolve(reply, line)
         elif request_id in conn.abandoned_claims:
             conn.abandoned_claims.discard(request_id)
-            self._release_abandoned(reply)
+            self._release_abandoned(reply, line)
         else:
             logger.debug(
                 "connection #%d: dropped the reply to abandoned request %d", conn.number, request_id
             )
 
-    def _note_error(self, conn: _Connection, reply: dict[str, Any]) -> None:
+    def _note_error(self, conn: _Connection, reply: _ReplyHead) -> None:
         error = _error_of(reply)
         if error.closes_connection:
             # Send nothing more here; the broker is about to close.
             conn.usable = False
             if conn.close_error is None:
                 conn.close_error = error
-        if reply.get("id") is None:
+        if reply.id is None:
             logger.warning(
                 "connection #%d: broker error: %s: %s", conn.number, error.code, error.message
             )
 
-    def _release_abandoned(self, reply: dict[str, Any]) -> None:
+    def _release_abandoned(self, reply: _ReplyHead, line: bytes) -> None:
         """A claim we gave up on (timeout, cancel) still leased tasks: hand them back."""
-        if reply.get("ok") is not True or self._task_group is None or self._closed:
+        if reply.ok is not True or self._task_group is None or self._closed:
             return
         try:
-            tasks = _parse(_ClaimReply, reply, "claim").tasks
-        except errors.DurableTQError:
+            tasks = _TASKS_OF.decode(line).tasks or []
+        except msgspec.ValidationError:
             logger.exception("could not read the reply of an abandoned claim")
             return
         for task in tasks:
@@ -865,17 +896,28 @@ class AsyncClient:
         ``errors`` exception; ``busy`` is retried first.
         """
         arguments = {**(args or {}), **kwargs}
+        line = await self._line(op, arguments, timeout)
+        reply = msgspec.json.decode(line)
+        return {name: value for name, value in reply.items() if name not in ("id", "ok")}
+
+    async def _call(self, op: str, arguments: dict[str, Any], timeout: float | None) -> Any:
+        """Send ``op`` and return its reply as the op table's reply type."""
+        return _decode(op, await self._line(op, arguments, timeout))
+
+    async def _line(self, op: str, arguments: dict[str, Any], timeout: float | None) -> bytes:
+        """The ok reply line of ``op`` (errors raised), within ``timeout``."""
         limit = self._timeout if timeout is None else timeout
+        if limit is None:
+            return await self._request_with_retries(op, arguments)
         try:
             with anyio.fail_after(limit):
-                reply = await self._request_with_retries(op, arguments)
+                return await self._request_with_retries(op, arguments)
         except TimeoutError as exc:
             if isinstance(exc, errors.DurableTQError):
                 raise
             raise RequestTimeout(f"no reply to {op!r} from {self.url} within {limit} s") from exc
-        return {name: value for name, value in reply.items() if name not in ("id", "ok")}
 
-    async def _request_with_retries(self, op: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def _request_with_retries(self, op: str, arguments: dict[str, Any]) -> bytes:
         # Retries left per reason. Only answers that say "not done" (busy, shutting_down) and
         # requests that never left (not sent) are retried for every op; a request lost in
         # flight only when it is read-only.
@@ -908,9 +950,7 @@ class AsyncClient:
                     raise
                 logger.info("%s: %s; sending it again (read-only)", op, exc)
 
-    async def _exchange(
-        self, conn: _Connection, op: str, arguments: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    async def _exchange(self, conn: _Connection, op: str, arguments: Mapping[str, Any]) -> bytes:
         request_id = next(self._ids)
         frame = _encode_frame({"id": request_id, "op": op, **arguments})
         self._check_frame_size(op, frame)
@@ -922,10 +962,10 @@ class AsyncClient:
             sent = True
             reply = await waiter.wait()
         finally:
-            if conn.waiters.pop(request_id, None) is not None and sent and op == "claim":
+            if conn.waiters.pop(request_id, None) is not None and sent and op in _CLAIMING:
                 conn.abandoned_claims.add(request_id)
-        if reply.get("ok") is True:
-            return reply
+        if reply.ok is True:
+            return waiter.line
         raise _error_of(reply)
 
     def _check_frame_size(self, op: str, frame: bytes) -> None:
@@ -938,23 +978,43 @@ class AsyncClient:
             )
 
     async def _send(self, conn: _Connection, frame: bytes, op: str) -> None:
-        async with conn.send_lock:
-            if not conn.usable:
-                raise _NotSent
-            if op == "bye":
-                conn.usable = False
-                conn.said_bye = True
-            # Shielded: a cancel half-way through a write would corrupt the framing for
-            # every other request on the connection.
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.fail_after(self._send_timeout):
-                        await conn.stream.send(frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    message = f"sending {op!r} to {self.url} failed: {exc!r}"
-                    conn.shut(message, exc)
-                    await conn.close()
-                    raise errors.ConnectionLost(message) from exc
+        """Write ``frame``, together with every frame queued while another write was going on:
+        pipelined requests cost one socket write per batch, not one each."""
+        if not conn.usable:
+            raise _NotSent
+        if op == "bye":
+            conn.usable = False
+            conn.said_bye = True
+        outbox = conn.outbox
+        outbox.frames.append(frame)
+        try:
+            async with conn.send_lock:
+                if not outbox.sent:
+                    if conn.lost is not None or conn.close_error is not None:
+                        raise _NotSent
+                    conn.outbox = _Outbox()
+                    outbox.sent = True
+                    await self._write(conn, b"".join(outbox.frames), outbox)
+        except BaseException:
+            if not outbox.sent:  # cancelled while queued: it must not go out later
+                outbox.frames.remove(frame)
+            raise
+        if outbox.error is not None:
+            raise errors.ConnectionLost(str(outbox.error)) from outbox.error.__cause__
+
+    async def _write(self, conn: _Connection, data: bytes, outbox: _Outbox) -> None:
+        # Shielded: a cancel half-way through a write would corrupt the framing for every
+        # other request on the connection.
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self._send_timeout):
+                    await conn.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                message = f"sending to {self.url} failed: {exc!r}"
+                outbox.error = errors.ConnectionLost(message)
+                outbox.error.__cause__ = exc
+                conn.shut(message, exc)
+                await conn.close()
 
     # ------------------------------------------------------------------ operations
 
@@ -982,8 +1042,8 @@ class AsyncClient:
                 unique_key=unique_key,
             )
         )
-        reply = await self.request("enqueue", args, timeout=timeout)
-        return _parse(EnqueueResult, reply, "enqueue")
+        result: EnqueueResult = await self._call("enqueue", args, timeout)
+        return result
 
     async def enqueue_many(
         self,
@@ -995,12 +1055,8 @@ class AsyncClient:
         wire = [_enqueue_wire(task) for task in tasks]
         if not wire:
             return []
-        reply = _parse(
-            _EnqueueManyReply,
-            await self.request("enqueue_many", {"tasks": wire}, timeout=timeout),
-            "enqueue_many",
-        )
-        created = reply.created if reply.created is not None else [True] * len(reply.task_ids)
+        reply: s.EnqueueManyReply = await self._call("enqueue_many", {"tasks": wire}, timeout)
+        created = reply.created or [True] * len(reply.task_ids)
         if len(reply.task_ids) != len(wire) or len(created) != len(wire):
             raise errors.Internal(
                 f"enqueue_many sent {len(wire)} tasks but got {len(reply.task_ids)} ids back"
@@ -1029,8 +1085,8 @@ class AsyncClient:
         args: dict[str, Any] = {"queues": queue_list, "max": max, "wait": wait}
         args.update(_present(lease=lease))
         limit = timeout if timeout is not None else wait + self._claim_margin
-        reply = await self.request("claim", args, timeout=limit)
-        return _parse(_ClaimReply, reply, "claim").tasks
+        reply: s.ClaimReply = await self._call("claim", args, limit)
+        return reply.tasks
 
     async def ack(
         self,
@@ -1043,7 +1099,7 @@ class AsyncClient:
         """Mark a claimed task ``succeeded``, optionally storing a JSON-able ``result``."""
         args: dict[str, Any] = {"task_id": task_id, "lease_token": lease_token}
         args.update(_present(result=result))
-        await self.request("ack", args, timeout=timeout)
+        await self._line("ack", args, timeout)
 
     async def fail(
         self,
@@ -1063,8 +1119,8 @@ class AsyncClient:
             "retry": retry,
         }
         args.update(_present(delay=delay))
-        reply = await self.request("fail", args, timeout=timeout)
-        return _parse(FailResult, reply, "fail")
+        result: FailResult = await self._call("fail", args, timeout)
+        return result
 
     async def release(
         self,
@@ -1077,7 +1133,35 @@ class AsyncClient:
         """Give a claimed task back without counting the attempt."""
         args: dict[str, Any] = {"task_id": task_id, "lease_token": lease_token}
         args.update(_present(delay=delay))
-        await self.request("release", args, timeout=timeout)
+        await self._line("release", args, timeout)
+
+    async def settle(
+        self,
+        settles: Sequence[Settlement],
+        *,
+        claim: ClaimArgs | None = None,
+        timeout: float | None = None,
+    ) -> SettleReply:
+        """End many leases in one request and one commit, and optionally claim more.
+
+        Each ``Settlement`` gets its own result, in order (``results[i].ok``, ``state``,
+        ``run_at``, or ``error`` such as ``lease_lost``): one stale lease does not fail the
+        others. With ``claim``, the broker then claims up to ``claim.max`` tasks in the same
+        round trip (long-polling up to ``claim.wait``), returned in ``tasks``. For a
+        registered worker it also counts as a heartbeat: ``worker_state`` says what to do.
+        """
+        args: dict[str, Any] = {"settles": [item.to_wire() for item in settles]}
+        limit = timeout
+        if claim is not None:
+            args["claim"] = msgspec.to_builtins(claim)
+            if limit is None:
+                limit = claim.wait + self._claim_margin
+        reply: SettleReply = await self._call("settle", args, limit)
+        if len(reply.results) != len(settles):
+            raise errors.Internal(
+                f"settle sent {len(settles)} items but got {len(reply.results)} results back"
+            )
+        return reply
 
     async def extend(
         self,
@@ -1088,34 +1172,32 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> float:
         """Set the lease to ``lease`` seconds from now; returns the new ``lease_expires_at``."""
-        reply = await self.request(
-            "extend",
-            {"task_id": task_id, "lease_token": lease_token, "lease": lease},
-            timeout=timeout,
-        )
-        return float(reply["lease_expires_at"])
+        args = {"task_id": task_id, "lease_token": lease_token, "lease": lease}
+        reply: s.ExtendReply = await self._call("extend", args, timeout)
+        return reply.lease_expires_at
 
     async def heartbeat(self, *, timeout: float | None = None) -> str:
         """For a registered worker: returns ``running``, ``quiet`` or ``terminate``."""
-        reply = await self.request("heartbeat", timeout=timeout)
-        return str(reply["state"])
+        reply: s.HeartbeatReply = await self._call("heartbeat", {}, timeout)
+        return str(reply.state)
 
     async def get(self, task_id: int, *, timeout: float | None = None) -> TaskInfo:
         """Everything about one task; ``errors.NotFound`` if there is no such task."""
-        reply = await self.request("get", {"task_id": task_id}, timeout=timeout)
-        return _parse(_GetReply, reply, "get").task
+        reply: s.GetReply = await self._call("get", {"task_id": task_id}, timeout)
+        return reply.task
 
     async def cancel(self, task_id: int, *, timeout: float | None = None) -> str:
         """Cancel a task that is not running; returns its state (``cancelled``).
 
         A ``leased`` or ``succeeded`` task raises ``errors.Conflict``.
         """
-        reply = await self.request("cancel", {"task_id": task_id}, timeout=timeout)
-        return str(reply["state"])
+        reply: s.CancelReply = await self._call("cancel", {"task_id": task_id}, timeout)
+        return str(reply.state)
 
     async def stats(self, *, timeout: float | None = None) -> Stats:
         """Counts per queue and state, live workers and connections."""
-        return _parse(Stats, await self.request("stats", timeout=timeout), "stats")
+        stats: Stats = await self._call("stats", {}, timeout)
+        return stats
 
     async def list_tasks(
         self,
@@ -1129,7 +1211,8 @@ class AsyncClient:
         """One page of tasks, filtered by queue and/or state (the ``list`` op)."""
         args: dict[str, Any] = {"limit": limit}
         args.update(_present(queue=queue, state=state, after_id=after_id))
-        return _parse(TaskPage, await self.request("list", args, timeout=timeout), "list")
+        page: TaskPage = await self._call("list", args, timeout)
+        return page
 
     async def iter_tasks(
         self,
@@ -1160,19 +1243,31 @@ class AsyncClient:
 
         Give ``task_ids``, or ``queue`` and ``state``. Returns how many were requeued.
         """
+        reply = await self.requeue_report(task_ids, queue=queue, state=state, timeout=timeout)
+        return reply.count
+
+    async def requeue_report(
+        self,
+        task_ids: Sequence[int] | None = None,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        timeout: float | None = None,
+    ) -> s.RequeueReply:
+        """Like :meth:`requeue`, with the tasks that stayed and why (``skipped``)."""
         args = _present(
             task_ids=list(task_ids) if task_ids is not None else None, queue=queue, state=state
         )
-        reply = await self.request("requeue", args, timeout=timeout)
-        return int(reply["count"])
+        reply: s.RequeueReply = await self._call("requeue", args, timeout)
+        return reply
 
     async def pause(self, queue: str, *, timeout: float | None = None) -> None:
         """Stop handing out claims from ``queue`` (enqueues are still accepted)."""
-        await self.request("pause", {"queue": queue}, timeout=timeout)
+        await self._line("pause", {"queue": queue}, timeout)
 
     async def resume(self, queue: str, *, timeout: float | None = None) -> None:
         """Undo ``pause``."""
-        await self.request("resume", {"queue": queue}, timeout=timeout)
+        await self._line("resume", {"queue": queue}, timeout)
 
     async def purge(
         self, queue: str, state: str | None = None, *, timeout: float | None = None
@@ -1180,25 +1275,23 @@ class AsyncClient:
         """Delete a queue's tasks (only ``state`` if given; never ``leased``); returns count."""
         args: dict[str, Any] = {"queue": queue}
         args.update(_present(state=state))
-        reply = await self.request("purge", args, timeout=timeout)
-        return int(reply["count"])
+        reply: s.CountReply = await self._call("purge", args, timeout)
+        return reply.count
 
     async def workers(self, *, timeout: float | None = None) -> list[WorkerInfo]:
         """The registered workers."""
-        reply = await self.request("workers", timeout=timeout)
-        return _parse(_WorkersReply, reply, "workers").workers
+        reply: s.WorkersReply = await self._call("workers", {}, timeout)
+        return reply.workers
 
     async def worker_state(
         self, worker_id: str, state: str, *, timeout: float | None = None
     ) -> None:
         """Ask a worker to be ``running``, ``quiet`` or ``terminate`` (at its next heartbeat)."""
-        await self.request(
-            "worker_state", {"worker_id": worker_id, "state": state}, timeout=timeout
-        )
+        await self._line("worker_state", {"worker_id": worker_id, "state": state}, timeout)
 
     async def bye(self, *, timeout: float | None = None) -> None:
         """End this connection politely. A later request opens a new one."""
-        await self.request("bye", timeout=timeout)
+        await self._line("bye", {}, timeout)
 
 
 def _parse_url(url: str) -> tuple[str, int, str | None, bool]:
@@ -1414,6 +1507,15 @@ class Client:
     ) -> None:
         self._call(self._async.release, task_id, lease_token, delay=delay, timeout=timeout)
 
+    def settle(
+        self,
+        settles: Sequence[Settlement],
+        *,
+        claim: ClaimArgs | None = None,
+        timeout: float | None = None,
+    ) -> SettleReply:
+        return self._call(self._async.settle, settles, claim=claim, timeout=timeout)
+
     def extend(
         self, task_id: int, lease_token: str, lease: float, *, timeout: float | None = None
     ) -> float:
@@ -1463,6 +1565,18 @@ class Client:
         timeout: float | None = None,
     ) -> int:
         return self._call(self._async.requeue, task_ids, queue=queue, state=state, timeout=timeout)
+
+    def requeue_report(
+        self,
+        task_ids: Sequence[int] | None = None,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        timeout: float | None = None,
+    ) -> s.RequeueReply:
+        return self._call(
+            self._async.requeue_report, task_ids, queue=queue, state=state, timeout=timeout
+        )
 
     def pause(self, queue: str, *, timeout: float | None = None) -> None:
         self._call(self._async.pause, queue, timeout=timeout)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import typer
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -212,7 +213,7 @@ def stats(
         return
     with broker_client(options) as client:
         _watch_or_once(
-            lambda: client.request("stats"),
+            lambda: msgspec.to_builtins(client.stats()),
             shown_url(client.async_client.url),
             watch,
             interval,
@@ -382,7 +383,7 @@ def workers(
 ) -> None:
     """Registered workers: state, queues, leases held out of their concurrency, heartbeat."""
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-        reply = client.request("workers")
+        reply = {"workers": msgspec.to_builtins(client.workers())}
         if json_output:
             print_json({"workers": reply.get("workers", [])})
             return
@@ -495,7 +496,7 @@ class PurgeState(StrEnum):
 
 def _confirm_purge(client: Client, queue: str, state: str | None) -> None:
     """Show what would go and ask; anything but yes ends the command."""
-    counts = client.request("stats").get("queues", {}).get(queue)
+    counts = msgspec.to_builtins(client.stats())["queues"].get(queue)
     if counts is None:
         doomed = "no tasks"
     elif state is not None:

@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
 
+import msgspec
 import typer
 from rich import box
 from rich.console import Group, RenderableType
@@ -179,11 +180,7 @@ def list_tasks(
         source = str(db)
     else:
         with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-            args: dict[str, Any] = {"limit": limit}
-            for name, value in (("queue", queue), ("state", state_name), ("after_id", after)):
-                if value is not None:
-                    args[name] = value
-            page = client.request("list", args)
+            page = msgspec.to_builtins(client.list_tasks(queue, state_name, limit, after))
             source = shown_url(client.async_client.url)
     if json_output:
         print_json({"tasks": page.get("tasks", []), "next_after_id": page.get("next_after_id")})
@@ -268,7 +265,7 @@ def show_task(
             task = _offline.get_task(conn, task_id)
     else:
         with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-            task = client.request("get", {"task_id": task_id})["task"]
+            task = msgspec.to_builtins(client.get(task_id))
     if json_output:
         print_json(task)
         return
@@ -574,10 +571,10 @@ def enqueue(
         options["unique_key"] = unique_key
     broker = BrokerOptions(url, config_file, token, cafile, timeout)
     with broker_client(broker, busy_retries=0) as client:
-        reply = while_busy(
-            lambda: client.request("enqueue", {"queue": queue, "payload": payload, **options}),
-            f"queue {queue}",
-            timeout,
+        reply = msgspec.to_builtins(
+            while_busy(
+                lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout
+            )
         )
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})
@@ -635,29 +632,21 @@ def requeue(
         raise UsageError("give task ids, or --queue QUEUE [--state dead|cancelled]")
     if state is not None and queue is None:
         raise UsageError("--state goes with --queue")
-    if task_ids:
-        args: dict[str, Any] = {"task_ids": task_ids}
-    else:
-        args = {"queue": queue, "state": (state or RequeueState.dead).value}
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
-        # The raw reply: it says why each skipped task stayed (older brokers do not).
-        reply = client.request("requeue", args)
-    count = int(reply["count"])
-    skipped: list[dict[str, Any]] = reply.get("skipped", [])
+        if task_ids:
+            report = client.requeue_report(task_ids)
+        else:
+            report = client.requeue_report(queue=queue, state=(state or RequeueState.dead).value)
+    count = report.count
+    skipped: list[dict[str, Any]] = msgspec.to_builtins(report.skipped)
     if json_output:
-        print_json({"count": count, "skipped": skipped} if "skipped" in reply else {"count": count})
+        print_json({"count": count, "skipped": skipped})
         return
     console = stdout_console()
     console.print(Text.assemble("requeued ", (plural(count, "task"), "bold")))
     for item in skipped:
         line = Text(f"  task {item['task_id']}: {item['reason']}", style="yellow")
         console.print(line, soft_wrap=True)
-    if task_ids and "skipped" not in reply and count < len(task_ids):
-        console.print(
-            f"({len(task_ids) - count} of the {len(task_ids)} given were not dead or "
-            "cancelled, or do not exist)",
-            style="yellow",
-        )
 
 
 @app.command(rich_help_panel="Operate")

@@ -85,7 +85,7 @@ OPS: dict[str, Op] = {
             summary="Counts per queue and state, workers, connections."),
         _op(s.List, s.ListReply, writes=False, resend_safe=True, role=P,
             summary="A page of tasks, by id, optionally of one queue and state."),
-        _op(s.Requeue, s.CountReply, writes=True, resend_safe=True, role=A,
+        _op(s.Requeue, s.RequeueReply, writes=True, resend_safe=True, role=A,
             summary="Dead or cancelled tasks back to queued, attempts reset."),
         _op(s.Pause, s.Empty, writes=True, resend_safe=True, role=A,
             summary="Stop handing out a queue's tasks."),

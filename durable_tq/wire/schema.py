@@ -401,6 +401,17 @@ class CountReply(Reply):
     count: int
 
 
+class SkippedTask(Reply):
+    task_id: int
+    reason: str
+
+
+class RequeueReply(Reply):
+    count: int
+    #: Tasks asked for that stayed where they were, and why (additive to v1).
+    skipped: list[SkippedTask] = []
+
+
 class WorkerInfo(Reply):
     id: str
     queues: list[str] | None

@@ -18,7 +18,7 @@ import anyio.abc
 from anyio.from_thread import BlockingPortal
 
 from durable_tq import errors
-from durable_tq.client import AsyncClient, ClaimedTask
+from durable_tq.client import AsyncClient, ClaimArgs, ClaimedTask, SettleReply
 from durable_tq.protocol import WorkerCommand
 from durable_tq.worker.context import TaskContext
 from durable_tq.worker.execute import Executor
@@ -39,6 +39,8 @@ SETTLE_ON_STOP = 10.0
 SETTLE_ON_STOP_NOW = 2.0
 #: ``until_idle``: how often to look at the queues while tasks run elsewhere or are scheduled.
 IDLE_POLL = 0.1
+#: How often the INFO line counting settled tasks is written (when there were any).
+SUMMARY_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class RuntimeConfig:
     max_error_chars: int
     heartbeat_interval: float | None = None
     renew_fraction: float = 0.5
+    #: Tasks held beyond ``concurrency``, waiting for a slot (claimed ahead).
+    prefetch: int = 0
 
 
 @dataclass(eq=False)
@@ -85,7 +89,14 @@ class Runtime:
             renew_fraction=config.renew_fraction,
             request_timeout=config.request_timeout,
         )
-        self.settler = Settler(client, request_timeout=config.request_timeout)
+        self.settler = Settler(
+            client,
+            request_timeout=config.request_timeout,
+            claim_for=self._claim_with_settle,
+            on_reply=self._settled,
+        )
+        #: Handlers running at once at most; prefetched tasks wait here for a slot.
+        self.slots = anyio.CapacityLimiter(config.concurrency)
         self.running: dict[int, _Running] = {}
         self.stop_requested = anyio.Event()
         self.stop_now = False
@@ -122,6 +133,8 @@ class Runtime:
         async with anyio.create_task_group() as services:
             services.start_soon(self.keeper.run, name="durable_tq lease keeper")
             services.start_soon(self._heartbeats, name="durable_tq heartbeats")
+            services.start_soon(self.settler.run, name="durable_tq settler")
+            services.start_soon(self._summaries, name="durable_tq summaries")
             if handle_signals:
                 services.start_soon(self._watch_signals, name="durable_tq signals")
             async with anyio.create_task_group() as work:
@@ -180,14 +193,42 @@ class Runtime:
     # ------------------------------------------------------------------ claiming
 
     def _free_slots(self) -> int:
-        return self.config.concurrency - len(self.running)
+        """Tasks this worker may still take: ``concurrency + prefetch`` minus those held."""
+        return self.config.concurrency + self.config.prefetch - len(self.running)
+
+    def _claim_with_settle(self) -> ClaimArgs | None:
+        """What a settle going out now should claim: the free slots, or nothing."""
+        free = self._free_slots()
+        if free <= 0 or self.quiet or self.stop_requested.is_set():
+            return None
+        config = self.config
+        return ClaimArgs(
+            queues=list(config.queues), max=min(free, config.claim_batch), lease=config.lease
+        )
+
+    def _settled(self, reply: SettleReply) -> None:
+        """A settle's reply: start what it claimed, obey the state it carried."""
+        for task in reply.tasks or ():
+            if self.stop_requested.is_set():
+                assert self._work is not None
+                lease = self.keeper.hold(task)
+                self.keeper.drop(lease)
+                self._work.start_soon(self._release_unhandled, lease)
+            else:
+                self._start(task)
+        if reply.worker_state is not None:
+            self._obey(reply.worker_state)
 
     async def _claim_loop(self) -> None:
         config = self.config
         failures = 0
         with self._claims:
             while True:
-                await self._wait_until(lambda: self._free_slots() > 0 and not self.quiet)
+                # While outcomes are being settled, their settle claims for the free slots
+                # (one round trip); the long-poll is for a worker with nothing to settle.
+                await self._wait_until(
+                    lambda: self._free_slots() > 0 and not self.quiet and not self.settler.busy
+                )
                 wanted = min(self._free_slots(), config.claim_batch)
                 claimed: list[ClaimedTask] = []
                 try:
@@ -254,7 +295,8 @@ class Runtime:
             logger.debug("%s: running %s", lease.about, task.name)
             outcome: Outcome = Released("the worker is stopping")
             with running.scope:
-                outcome = await self.executor.execute(task, claimed.payload, ctx)
+                async with self.slots:
+                    outcome = await self.executor.execute(task, claimed.payload, ctx)
             running.settling = True
             elapsed = anyio.current_time() - started
             await self.settler.settle(lease, task, outcome, elapsed)
@@ -275,6 +317,8 @@ class Runtime:
                 or DEFAULT_HEARTBEAT
             )
             await anyio.sleep(interval if failures == 0 else min(interval, backoff(failures)))
+            if failures == 0 and anyio.current_time() - self.settler.last_answered < interval:
+                continue  # a settle answered within the interval: it was our heartbeat
             try:
                 state = await self.client.heartbeat(timeout=max(interval, 5.0))
             except errors.NotFound:
@@ -322,6 +366,27 @@ class Runtime:
             logger.warning("worker %s is running again: claiming tasks", self.config.worker_id)
             self.quiet = False
             self._notify()
+
+    async def _summaries(self) -> None:
+        """Every ``SUMMARY_EVERY`` seconds, one INFO line counting the outcomes settled."""
+        while True:
+            await anyio.sleep(SUMMARY_EVERY)
+            self._log_summary()
+
+    def _log_summary(self) -> None:
+        tally = self.settler.tally
+        if tally.succeeded or tally.failed or tally.released or tally.lost:
+            logger.info(
+                "worker %s: %d task(s) succeeded, %d failed, %d released, %d lease(s) lost "
+                "in the last %g s",
+                self.config.worker_id,
+                tally.succeeded,
+                tally.failed,
+                tally.released,
+                tally.lost,
+                SUMMARY_EVERY,
+            )
+        tally.succeeded = tally.failed = tally.released = tally.lost = 0
 
     # ------------------------------------------------------------------ stopping
 

@@ -70,6 +70,7 @@ class WorkerSettings:
     connect_timeout: float | None = None
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
     claim_batch: int | None = None
+    prefetch: int = 0
     wait: float = 5.0
     lease: float | None = None
     ssl: ssl_module.SSLContext | bool | None = None
@@ -84,6 +85,7 @@ class WorkerSettings:
         checks = [
             (self.concurrency >= 1, "concurrency must be at least 1"),
             (self.claim_batch is None or self.claim_batch >= 1, "claim_batch must be >= 1"),
+            (self.prefetch >= 0, "prefetch must not be negative"),
             (self.wait >= 0, "wait must not be negative"),
             (self.lease is None or self.lease > 0, "lease must be positive"),
             (self.grace >= 0, "grace must not be negative"),
@@ -142,6 +144,10 @@ class Worker:
         default) waits until the broker is there or the worker is stopped.
     :param worker_id: how the broker knows this worker; default ``host-pid-random``.
     :param claim_batch: tasks one claim may take at most (default: ``concurrency``).
+    :param prefetch: tasks held beyond ``concurrency``, claimed ahead so a slot that frees up
+        starts its next task without a round trip (default 0: claim only for free slots).
+        The broker lets the worker hold ``concurrency + prefetch`` leases at most; handlers
+        still run ``concurrency`` at once.
     :param wait: long-poll of a claim, in seconds.
     :param lease: lease asked for in each claim (default: each task's own, else the
         broker's ``default_lease``); leases are renewed while tasks run.
@@ -168,6 +174,7 @@ class Worker:
         connect_timeout: float | None = None,
         worker_id: str | None = None,
         claim_batch: int | None = None,
+        prefetch: int = 0,
         wait: float = 5.0,
         lease: float | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
@@ -189,6 +196,7 @@ class Worker:
             connect_timeout=connect_timeout,
             worker_id=worker_id or default_worker_id(),
             claim_batch=claim_batch,
+            prefetch=prefetch,
             wait=wait,
             lease=lease,
             ssl=ssl,
@@ -315,6 +323,7 @@ class Worker:
             max_error_chars=s.max_error_chars,
             heartbeat_interval=s.heartbeat_interval,
             renew_fraction=s.renew_fraction,
+            prefetch=s.prefetch,
         )
 
     def broker_target(self) -> locate.BrokerTarget:
@@ -432,6 +441,7 @@ class Worker:
             id=config.worker_id,
             queues=list(config.queues),
             concurrency=config.concurrency,
+            prefetch=config.prefetch,
             meta={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),

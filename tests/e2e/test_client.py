@@ -864,9 +864,17 @@ async def test_replies_out_of_order_reach_their_requests() -> None:
             "queue": "q",
             "state": "queued",
             "payload": None,
+            "priority": 0,
+            "attempts": 0,
             "max_attempts": 5,
+            "run_at": 1.0,
             "created_at": 1.0,
             "updated_at": 1.0,
+            "lease_expires_at": None,
+            "worker_id": None,
+            "last_error": None,
+            "result": None,
+            "unique_key": None,
             "added_later": "x",
         }
         await send({"id": request["id"], "ok": True, "task": task, "also_added": 1})
