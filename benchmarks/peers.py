@@ -798,7 +798,8 @@ class Config:
 
     @property
     def one_at_a_time_patterns(self) -> list[str]:
-        return [p for p in pattern_names(self.counts) if p.split("_")[1].isdigit()]
+        """In the order they run: each drain right after the enqueue that filled its queue."""
+        return [p for n in self.counts for p in (f"enqueue_{n}", f"drain_{n}")]
 
 
 def read_first(path: str, prefix: str) -> str | None:
@@ -860,6 +861,15 @@ def latency_cell(result: dict | None) -> str:
     return f"{result['p50_ms']:.2f} / {result['p99_ms']:.2f}"
 
 
+def cpu_cell(result: dict | None) -> str:
+    """CPU ms per task: the server's (none for Huey, which has no server) / the clients'."""
+    if not result or not result["tasks"]:
+        return "-"
+    server = result.get("server_cpu_seconds")
+    server_text = "-" if server is None else f"{server * 1000 / result['tasks']:.3f}"
+    return f"{server_text} / {result['client_cpu_seconds'] * 1000 / result['tasks']:.3f}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -891,6 +901,7 @@ def render(cfg: Config, results: dict[str, dict[str, dict]], targets: list[dict]
     header = ["system", *(pattern_title(p) for p in patterns)]
     throughput = [[ROWS[r], *(cell(results[r].get(p)) for p in patterns)] for r in rows]
     latency = [[ROWS[r], *(latency_cell(results[r].get(p)) for p in patterns)] for r in rows]
+    cpu = [[ROWS[r], *(cpu_cell(results[r].get(p)) for p in patterns)] for r in rows]
     parts = [
         f"peers: {cfg.tasks:,} tasks of {len(cfg.payload)} bytes per pattern, "
         f"{cfg.facts.get('nproc')} cores, load {cfg.facts.get('load_average_start')} at start",
@@ -903,6 +914,11 @@ def render(cfg: Config, results: dict[str, dict[str, dict]], targets: list[dict]
         "reply; pipelined: send → reply; batched: one settle (or acks + claim) round)",
         "",
         markdown_table(header, latency),
+        "",
+        "**CPU ms per task, server / all clients** (2 cores are shared by both; Huey has no "
+        "server process)",
+        "",
+        markdown_table(header, cpu),
         "",
         "**targets** (durable_tq / peer, same run)",
         "",
