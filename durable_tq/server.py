@@ -58,6 +58,9 @@ LEASING_OPS = frozenset({"claim", "settle"})
 #: a peer that sends requests without reading replies). One reply larger than this is still
 #: sent: the bound is checked before reading the next request.
 MAX_REPLY_BUFFER = 4 * 1024 * 1024
+#: How often a connection whose replies fill its socket's buffer checks whether the peer has
+#: read some (only while it has stopped reading that peer's requests).
+TRANSPORT_DRAIN_POLL = 0.01
 
 
 class PeerGone(Exception):
@@ -144,6 +147,11 @@ class _Connection:
         # read instead of growing the broker.
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
+        # A plain TCP stream's asyncio transport: a reply with nothing queued before it is
+        # written straight to it (no writer task wake-up per reply; its own buffer is counted
+        # against max_reply_buffer). TLS streams always go through the writer task.
+        self._transport = _plain_transport(stream)
+        self._writing = False
         self._outbox_filled = anyio.Event()
         self._flushed = anyio.Event()  # set once the lines now in the outbox are written
         self._inflight = 0
@@ -259,9 +267,12 @@ class _Connection:
             while self._inflight >= max_inflight:
                 self._room = anyio.Event()
                 await self._room.wait()
-            while self._outbox_bytes > self.server.max_reply_buffer and not self._broken:
-                self._room = anyio.Event()
-                await self._room.wait()
+            while self._buffered() > self.server.max_reply_buffer and not self._broken:
+                if self._outbox_bytes > self.server.max_reply_buffer:
+                    self._room = anyio.Event()
+                    await self._room.wait()
+                else:  # the transport's own buffer: it drains as the peer reads
+                    await anyio.sleep(TRANSPORT_DRAIN_POLL)
             line = await self._receive_or_idle(reader, idle_timeout)
             if line is None:
                 return
@@ -508,9 +519,23 @@ class _Connection:
 
     # --- writing ------------------------------------------------------------------------------
 
+    def _buffered(self) -> int:
+        """Reply bytes not yet taken by the kernel."""
+        transport = self._transport
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        return self._outbox_bytes + buffered
+
     def _post(self, line: bytes) -> None:
-        """Queue one whole reply line for the writer; do not wait for it."""
+        """Send one whole reply line without waiting: straight to a plain TCP transport when
+        nothing waits before it, else through the writer task."""
         if self._broken:
+            return
+        transport = self._transport
+        if transport is not None and not self._outbox and not self._writing:
+            if transport.is_closing():
+                self._broken = True
+                return
+            transport.write(line)
             return
         self._outbox.append(line)
         self._outbox_bytes += len(line)
@@ -554,6 +579,7 @@ class _Connection:
             batch, self._outbox = self._outbox, []
             flushed, self._flushed = self._flushed, anyio.Event()
             data = b"".join(batch)
+            self._writing = True
             try:
                 await self.stream.send(data)
             except _STREAM_ERRORS as exc:
@@ -564,6 +590,7 @@ class _Connection:
                 self._scope.cancel()
                 return
             finally:
+                self._writing = False
                 flushed.set()
             self._outbox_bytes -= len(data)
             if self._outbox_bytes <= self.server.max_reply_buffer:
@@ -776,6 +803,14 @@ async def _close_gently(raw: anyio.abc.SocketStream) -> None:
                 await raw.receive(READ_CHUNK)
         except (*_STREAM_ERRORS, NotImplementedError):
             pass
+
+
+def _plain_transport(stream: anyio.abc.ByteStream) -> asyncio.WriteTransport | None:
+    """The asyncio transport under anyio's plain (not TLS) socket stream, or None."""
+    transport = getattr(stream, "_transport", None)
+    if isinstance(transport, asyncio.WriteTransport) and not isinstance(stream, TLSStream):
+        return transport
+    return None
 
 
 def _read_only_on_demand(stream: anyio.abc.SocketStream) -> None:
