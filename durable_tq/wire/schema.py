@@ -266,8 +266,27 @@ class Bye(Request, tag="bye", frozen=True):
 
 
 AnyRequest = (
-    Hello | Enqueue | EnqueueMany | Claim | Ack | Fail | Release | Settle | Extend | Heartbeat
-    | Get | Cancel | Stats | List | Requeue | Pause | Resume | Purge | Workers | WorkerState | Bye
+    Hello
+    | Enqueue
+    | EnqueueMany
+    | Claim
+    | Ack
+    | Fail
+    | Release
+    | Settle
+    | Extend
+    | Heartbeat
+    | Get
+    | Cancel
+    | Stats
+    | List
+    | Requeue
+    | Pause
+    | Resume
+    | Purge
+    | Workers
+    | WorkerState
+    | Bye
 )
 
 
