@@ -176,6 +176,16 @@ def worker_command(
     config_file: ConfigOption = None,
     token: TokenOption = None,
     cafile: CafileOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Run this many worker processes under one supervisor (for CPU-bound "
+            "handlers): each its own connection and worker id; one that dies is started "
+            "again; signals go to all of them.",
+        ),
+    ] = 1,
     connect_timeout: Annotated[
         float | None,
         typer.Option(
@@ -202,7 +212,9 @@ def worker_command(
     if level == "INFO":
         # The worker says when it is connected; the client's own "connected" lines repeat it.
         logging.getLogger("durable_tq.client").setLevel(logging.WARNING)
-    worker = load_worker(target)
+    worker = load_worker(target)  # a bad target is exit 2 here, before any child starts
+    if processes > 1:
+        raise typer.Exit(_run_pool(processes, worker_id))
     worker.configure(
         **_overrides(
             url=url,
@@ -222,6 +234,27 @@ def worker_command(
     except (errors.ConnectionLost, errors.ShuttingDown, errors.TooManyConnections) as exc:
         raise unreachable(target_url, exc) from exc
     _exit_past_stuck_threads(worker)
+
+
+def _run_pool(processes: int, worker_id: str | None) -> int:
+    """Supervise ``processes`` children running this same command without --processes."""
+    from durable_tq.worker.pool import Pool, child_command
+
+    base = child_command(sys.argv[1:])
+
+    def command(slot: int) -> list[str]:
+        if worker_id is None:
+            return base  # each child makes its own host-pid-random id
+        argv = []
+        for arg in base:  # a given id gets the slot number: ids must differ
+            if arg == worker_id:
+                arg = f"{worker_id}-{slot}"
+            elif arg == f"--worker-id={worker_id}":
+                arg = f"--worker-id={worker_id}-{slot}"
+            argv.append(arg)
+        return argv
+
+    return Pool(command, processes).run()
 
 
 def _exit_past_stuck_threads(worker: Worker) -> None:
