@@ -27,11 +27,11 @@ from datetime import UTC, datetime, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import (
+from croniter import (  # type: ignore[import-untyped]
     CroniterBadCronError,
     CroniterBadDateError,
     CroniterNotAlphaError,
-    croniter,  # type: ignore[import-untyped]
+    croniter,
 )
 
 from durable_tq import errors
