@@ -65,6 +65,8 @@ class _Running:
     lease: Lease
     task: Task
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Its handler has a slot (False: prefetched, waiting for one).
+    started: bool = False
     settling: bool = False
 
 
@@ -147,14 +149,16 @@ class Runtime:
             services.cancel_scope.cancel()
 
     async def _wind_down(self, work: anyio.abc.TaskGroup) -> None:
+        self._release_prefetched()
         await self._refuse_new_work()
+        self._release_prefetched()  # claimed by a settle that was on the wire meanwhile
         grace = self.config.grace
         if self.running and not self.stop_now:
             logger.info(
                 "worker %s stopping: waiting up to %g s for %d running task(s)",
                 self.config.worker_id,
                 grace,
-                len(self.running),
+                sum(1 for running in self.running.values() if running.started),
             )
             with anyio.move_on_after(grace):
                 await self._wait_until(lambda: not self.running or self.stop_now)
@@ -173,6 +177,13 @@ class Runtime:
                 )
             work.cancel_scope.cancel()
         logger.info("worker %s stopped after %d task(s)", self.config.worker_id, self.processed)
+
+    def _release_prefetched(self) -> None:
+        """Tasks held but not started go back at once, not after the grace period: another
+        worker can run them now (their ``_process`` releases them, in one settle)."""
+        for running in self.running.values():
+            if not running.started and not running.settling:
+                running.scope.cancel()
 
     async def _refuse_new_work(self) -> None:
         """Tell the broker to hand this worker nothing more.
@@ -296,6 +307,7 @@ class Runtime:
             outcome: Outcome = Released("the worker is stopping")
             with running.scope:
                 async with self.slots:
+                    running.started = True
                     outcome = await self.executor.execute(task, claimed.payload, ctx)
             running.settling = True
             elapsed = anyio.current_time() - started
