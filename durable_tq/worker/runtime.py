@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,6 +61,36 @@ class RuntimeConfig:
     prefetch: int = 0
 
 
+class _Slots:
+    """Handler slots, first come first served. A free slot is taken without a checkpoint (the
+    handler that follows yields anyway): ``anyio.CapacityLimiter`` paid two per task."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def take(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        handed = anyio.Event()
+        self._waiters.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self.give()  # handed a slot as we were cancelled: pass it on
+            else:
+                self._waiters.remove(handed)
+            raise
+
+    def give(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # straight to the next in line
+        else:
+            self.free += 1
+
+
 @dataclass(eq=False)
 class _Running:
     lease: Lease
@@ -98,7 +129,7 @@ class Runtime:
             on_reply=self._settled,
         )
         #: Handlers running at once at most; prefetched tasks wait here for a slot.
-        self.slots = anyio.CapacityLimiter(config.concurrency)
+        self.slots = _Slots(config.concurrency)
         self.running: dict[int, _Running] = {}
         self.stop_requested = anyio.Event()
         self.stop_now = False
@@ -303,12 +334,18 @@ class Runtime:
         )
         started = anyio.current_time()
         try:
-            logger.debug("%s: running %s", lease.about, task.name)
+            if logger.isEnabledFor(logging.DEBUG):  # ``about`` formats a string: skip it
+                logger.debug("%s: running %s", lease.about, task.name)
             outcome: Outcome = Released("the worker is stopping")
             with running.scope:
-                async with self.slots:
-                    running.started = True
-                    outcome = await self.executor.execute(task, claimed.payload, ctx)
+                await self.slots.take()
+                try:
+                    # Cancelled while it waited (the worker is stopping): it stays released.
+                    if not running.scope.cancel_called:
+                        running.started = True
+                        outcome = await self.executor.execute(task, claimed.payload, ctx)
+                finally:
+                    self.slots.give()
             running.settling = True
             elapsed = anyio.current_time() - started
             await self.settler.settle(lease, task, outcome, elapsed)
