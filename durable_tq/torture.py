@@ -2,9 +2,13 @@
 
 :func:`run_torture` starts ``python -m durable_tq serve`` on one database file and one fixed
 port, producer processes that enqueue tasks (each payload carries a unique id) and consumer
-processes that claim, ack, fail, release, extend, abandon and ack too late. Every reply a
-child gets is appended to its history file before it goes on (and a fail or release also
-before it is sent, as Jepsen records invocations). Meanwhile the harness
+processes that claim, ack, fail, release, extend, abandon and ack too late. Some consumers
+(``--settle-consumers``) take the batching path instead: each ``settle`` request ends the
+leases of the last round (acks, fails and releases mixed, now and then a stale token or the
+same ack twice) and claims the next tasks in the same transaction, and it is their only
+heartbeat. Every reply a child gets is appended to its history file before it goes on, a
+settle's per-task results one line each (and a fail or release also before it is sent, as
+Jepsen records invocations). Meanwhile the harness
 SIGKILLs the broker at random moments (running ``PRAGMA integrity_check`` on the file while
 it is down, then restarting it on the same file and port) and SIGKILLs consumers (starting
 new ones). Then the chaos stops, the queue is drained, the broker is stopped, and the
@@ -50,7 +54,7 @@ import anyio
 import anyio.abc
 
 from durable_tq import errors
-from durable_tq.client import AsyncClient, ClaimedTask, RequestTimeout
+from durable_tq.client import AsyncClient, ClaimArgs, ClaimedTask, RequestTimeout, Settlement
 
 log = logging.getLogger("durable_tq.torture")
 
@@ -207,10 +211,16 @@ async def _consume(args: argparse.Namespace) -> None:
     worker = {"id": args.name, "queues": [QUEUE], "concurrency": 1000}
 
     def start(client: AsyncClient, tg: anyio.abc.TaskGroup) -> None:
-        tg.start_soon(_heartbeats, client, stop)
+        if not args.settle:
+            # A settle consumer has no heartbeat loop: its settles must keep it alive (a
+            # worker declared dead would have its leases handed out again: an overlap).
+            tg.start_soon(_heartbeats, client, stop)
         for lane in range(args.concurrency):
             rng = random.Random(f"{args.seed}/{lane}")
-            tg.start_soon(_consume_lane, client, history, rng, args.lease, stop, tg)
+            if args.settle:
+                tg.start_soon(_settle_lane, client, history, rng, args.lease, stop)
+            else:
+                tg.start_soon(_consume_lane, client, history, rng, args.lease, stop, tg)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -243,18 +253,22 @@ async def _consume_lane(
         except errors.DurableTQError:
             await anyio.sleep(0.1)
             continue
-        received = time.time()
-        for task in tasks:
-            history.record(
-                "claim",
-                task.task_id,
-                task.attempt,
-                task.lease_token,
-                f"{task.lease_expires_at:.6f}",
-                f"{received:.6f}",
-            )
+        _record_claims(history, tasks)
         for task in tasks:
             await _finish(client, history, rng, task, lease, tg)
+
+
+def _record_claims(history: HistoryFile, tasks: list[ClaimedTask]) -> None:
+    received = time.time()
+    for task in tasks:
+        history.record(
+            "claim",
+            task.task_id,
+            task.attempt,
+            task.lease_token,
+            f"{task.lease_expires_at:.6f}",
+            f"{received:.6f}",
+        )
 
 
 async def _finish(
@@ -310,6 +324,92 @@ async def _late_ack(
     await _record(history, "late_ack", task, client.ack(task.task_id, task.lease_token))
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """One lease to end in the next settle, and the op name its result is recorded under."""
+
+    op: str
+    item: Settlement
+    #: Not before this (``time.time()``): a late ack waits until its lease has run out.
+    due: float = 0.0
+
+
+async def _settle_lane(
+    client: AsyncClient,
+    history: HistoryFile,
+    rng: random.Random,
+    lease: float,
+    stop: anyio.Event,
+) -> None:
+    """The batching path: each settle ends the last round's leases and claims the next."""
+    waiting: list[_Ending] = []  # late acks, held back until their lease has run out
+    endings: list[_Ending] = []
+    while not stop.is_set():
+        now = time.time()
+        endings += [e for e in waiting if e.due <= now]
+        waiting = [e for e in waiting if e.due > now]
+        for ending in endings:
+            if ending.op in ("fail", "release"):
+                # Before it goes out, as for the single ops: the lease may end early.
+                history.record(ending.op, "sent", ending.item.task_id, ending.item.lease_token)
+        claim = ClaimArgs(queues=[QUEUE], max=rng.randint(1, 4), wait=0.5, lease=lease)
+        try:
+            reply = await client.settle([e.item for e in endings], claim=claim)
+        except errors.DurableTQError as exc:
+            # No per-task results: every item shares the request's outcome. Claimed tasks
+            # that never reached us run out their leases on the broker.
+            outcome = outcome_of(exc)
+            history.record("settle", outcome, len(endings), 0)
+            for ending in endings:
+                history.record(
+                    ending.op, outcome, ending.item.task_id, ending.item.lease_token, "settle"
+                )
+            endings = []
+            await anyio.sleep(0.1)
+            continue
+        history.record("settle", "ok", len(endings), len(reply.tasks or ()))
+        for ending, result in zip(endings, reply.results, strict=True):
+            code = "ok" if result.ok else str((result.error or {}).get("code", "error"))
+            history.record(ending.op, code, ending.item.task_id, ending.item.lease_token, "settle")
+        tasks = reply.tasks or []
+        _record_claims(history, tasks)
+        endings = []
+        for task in tasks:
+            endings += await _plan_ending(client, history, rng, task, lease, waiting)
+
+
+async def _plan_ending(
+    client: AsyncClient,
+    history: HistoryFile,
+    rng: random.Random,
+    task: ClaimedTask,
+    lease: float,
+    waiting: list[_Ending],
+) -> list[_Ending]:
+    """Work on a claimed task; how its lease ends in the next settle (mostly an ack)."""
+    await anyio.sleep(rng.uniform(0.0, 0.01))
+    roll = rng.random()
+    task_id, token = task.task_id, task.lease_token
+    if roll < 0.01:
+        history.record("abandon", "-", task_id, token)
+        return []
+    if roll < 0.02:  # acked in a settle after the lease ran out: that item must be refused
+        late = Settlement.ack(task_id, token)
+        waiting.append(_Ending("late_ack", late, due=task.lease_expires_at + 0.5))
+        return []
+    if roll < 0.05:
+        delay = rng.choice([0, 0.2])
+        return [_Ending("fail", Settlement.fail(task_id, token, "torture", delay=delay))]
+    if roll < 0.07:
+        return [_Ending("release", Settlement.release(task_id, token))]
+    if roll < 0.1:
+        await _record(history, "extend", task, client.extend(task_id, token, lease))
+    ack = _Ending("ack", Settlement.ack(task_id, token, {"attempt": task.attempt}))
+    if roll < 0.12:  # the same ack twice in one settle: the second must get lease_lost
+        return [ack, ack]
+    return [ack]
+
+
 def child_main(argv: list[str] | None = None) -> int:
     """``python -m durable_tq.torture producer|consumer``: one child of the harness."""
     parser = argparse.ArgumentParser(prog="python -m durable_tq.torture")
@@ -321,6 +421,9 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rate", type=float, default=50.0, help="enqueues/s (0: no limit)")
     parser.add_argument("--lease", type=float, default=2.0)
+    parser.add_argument(
+        "--settle", action="store_true", help="consumer: claim and settle through settle"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     role = _produce if args.role == "producer" else _consume
@@ -346,12 +449,21 @@ class TortureConfig:
     workdir: Path | None = None
     #: Enqueues per second per producer process (0: as fast as it can).
     rate: float = 50.0
+    #: Consumers that claim and settle through ``settle`` (batches, claims in the same
+    #: transaction); None: half of them, rounded up. The rest use claim/ack/fail/release.
+    settle_consumers: int | None = None
     #: Concurrent requests per child process.
     lanes: int = 4
     lease: float = 2.0
     synchronous: str = "FULL"
     drain_timeout: float = 120.0
     start_timeout: float = 30.0
+
+    @property
+    def settle_consumer_count(self) -> int:
+        if self.settle_consumers is None:
+            return (self.consumers + 1) // 2
+        return min(self.settle_consumers, self.consumers)
 
     @property
     def consumer_kill_count(self) -> int:
@@ -568,9 +680,13 @@ class _Torture:
                       self.env, self.workdir)  # fmt: skip
 
     def _consumer(self, number: int, generation: int) -> _Child:
-        name = f"consumer{number}-g{generation}"
+        settle = number < self.config.settle_consumer_count
+        name = f"consumer{number}{'s' if settle else ''}-g{generation}"
         seed = f"{self.seed}/c{number}/{generation}"
-        return _Child(name, self._child_command("consumer", name, seed), self.env, self.workdir)
+        command = self._child_command("consumer", name, seed)
+        if settle:
+            command.append("--settle")
+        return _Child(name, command, self.env, self.workdir)
 
     def _start_broker(self, *, restart: bool = True) -> None:
         self.broker.start()
@@ -784,6 +900,10 @@ class History:
     #: Tokens a fail or release was sent for (recorded before sending, whatever came back):
     #: their lease may have ended before it expired.
     handed_back: set[str] = field(default_factory=set)
+    #: "op outcome" -> how many of them were items of a settle (also in ``outcomes``).
+    via_settle: Counter[str] = field(default_factory=Counter)
+    #: Items sent in settle requests (whatever came back).
+    settle_items: int = 0
     claims: int = 0
     redeliveries: int = 0
     malformed: int = 0
@@ -815,6 +935,12 @@ def _read_line(history: History, fields: list[str]) -> None:
         history.leases[int(fields[1])].append((float(fields[5]), float(fields[4]), fields[3]))
         return
     outcome = fields[1]
+    if op == "settle":  # settle <outcome> <items sent> <tasks claimed>
+        history.outcomes[f"settle {outcome}"] += 1
+        history.settle_items += int(fields[2])
+        return
+    if fields[-1] == "settle":  # one item's own result inside a settle
+        history.via_settle[f"{op} {outcome}"] += 1
     if op in ("fail", "release"):
         history.handed_back.add(fields[3])
         if outcome == "sent":
@@ -1018,6 +1144,15 @@ def _counts(tally: _Tally, history: History, stored: dict[int, StoredTask]) -> d
         "extends ok": outcomes["extend ok"],
         "leases abandoned": outcomes["abandon -"],
         "late acks refused": outcomes["late_ack lease_lost"],
+        "settles ok": outcomes["settle ok"],
+        "settles unknown (no reply)": outcomes["settle unknown"],
+        "settle items sent": history.settle_items,
+        "settle items ok": sum(n for k, n in history.via_settle.items() if k.endswith(" ok")),
+        "settle items lease_lost": sum(
+            n for k, n in history.via_settle.items() if k.endswith(" lease_lost")
+        ),
+        "acks ok via settle": history.via_settle["ack ok"],
+        "late acks refused via settle": history.via_settle["late_ack lease_lost"],
         "restarts measured": len(recoveries),
         "max recovery s (restart to first reply)": round(max(recoveries, default=0.0), 3),
         "mean recovery s": round(sum(recoveries) / len(recoveries), 3) if recoveries else 0.0,
@@ -1055,6 +1190,7 @@ def run_torture(config: TortureConfig, progress: Progress | None = None) -> Tort
         "consumer_kills": config.consumer_kill_count,
         "producers": config.producers,
         "consumers": config.consumers,
+        "settle_consumers": config.settle_consumer_count,
         "rate": config.rate,
         "lanes": config.lanes,
         "lease": config.lease,

@@ -53,6 +53,7 @@ class LoadSpec:
     rate: float = 0.0  # open loop: enqueues per second
     wait: float = 0.0  # long-poll of a claim
     concurrency: int = 1  # worker slots
+    prefetch: int = 0  # worker: tasks held beyond its slots
     deadline: float = 600.0  # seconds a role may run before it gives up
 
 
@@ -375,6 +376,7 @@ def worker(spec: LoadSpec, gate: Gate, counter: Counter, stop: Any) -> LoadResul
         url=spec.endpoint.url,
         token=spec.endpoint.token,
         concurrency=spec.concurrency,
+        prefetch=spec.prefetch,
         wait=spec.wait or 1.0,
         grace=5.0,
     )

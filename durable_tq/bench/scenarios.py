@@ -25,6 +25,9 @@ ENQUEUE_MANY_BATCH = 100
 CLAIM_BATCH = 32
 E2E_WORKERS = 2
 E2E_CONCURRENCY = 32
+#: Tasks each bench worker holds beyond its slots: a slot that frees starts its next task at
+#: once instead of after the settle that claims it (the batching path, docs/worker.md).
+E2E_PREFETCH = 32
 LONG_POLL_WAIT = 1.0
 
 Scenario = Callable[[Bench], None]
@@ -178,11 +181,14 @@ def e2e(bench: Bench) -> None:
 
     def workers(queue: str) -> list[LoadSpec]:
         return [
-            bench.spec("worker", queue, 0, concurrency=E2E_CONCURRENCY, wait=LONG_POLL_WAIT)
+            bench.spec("worker", queue, 0, concurrency=E2E_CONCURRENCY, prefetch=E2E_PREFETCH,
+                       wait=LONG_POLL_WAIT)
             for _ in range(E2E_WORKERS)
-        ]
+        ]  # fmt: skip
 
-    worker_load = f"{E2E_WORKERS} Worker processes x concurrency {E2E_CONCURRENCY}"
+    worker_load = (
+        f"{E2E_WORKERS} Worker processes x concurrency {E2E_CONCURRENCY}, prefetch {E2E_PREFETCH}"
+    )
     queue = bench.new_queue("e2e-saturated")
     bench.measure(
         Variant(

@@ -23,6 +23,13 @@ def torture(
     ] = None,
     producers: Annotated[int, typer.Option(help="Producer processes.")] = 2,
     consumers: Annotated[int, typer.Option(help="Consumer processes.")] = 3,
+    settle_consumers: Annotated[
+        int | None,
+        typer.Option(
+            help="Consumers that claim and settle in batches through settle "
+            "[default: half of --consumers, rounded up]."
+        ),
+    ] = None,
     rate: Annotated[
         float, typer.Option(help="Enqueues per second per producer (0: as fast as possible).")
     ] = 50.0,
@@ -42,7 +49,9 @@ def torture(
 ) -> None:
     """Torture a broker: SIGKILL it at random moments under load, then verify.
 
-    Producers and consumers run as processes that record every reply they get.
+    Producers and consumers run as processes that record every reply they get;
+    some consumers use claim/ack/fail/release, the others settle in batches
+    that also claim (--settle-consumers).
     The broker is killed --kills times (its file checked with PRAGMA
     integrity_check while it is down) and consumers --consumer-kills times.
     Then the queue is drained and the histories are held against the database:
@@ -61,6 +70,7 @@ def torture(
         consumer_kills=consumer_kills,
         producers=producers,
         consumers=consumers,
+        settle_consumers=settle_consumers,
         seed=seed,
         workdir=workdir,
         rate=rate,

@@ -153,6 +153,17 @@ def worker_command(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Tasks run at once.", show_default=False)
     ] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Tasks held beyond --concurrency, claimed ahead so a freed slot starts its "
+            "next task at once (default: the Worker's own, 0 unless the app sets it: a "
+            "prefetched task waits here while an idle worker could run it; raise it for "
+            "many short tasks).",
+            show_default=False,
+        ),
+    ] = None,
     queues: Annotated[
         str | None,
         typer.Option(
@@ -203,7 +214,8 @@ def worker_command(
     The module is imported from the current folder. The broker is found as every command
     finds it (--url, $DURABLE_TQ_URL, the settings). A worker started before its broker waits
     for it. SIGTERM or SIGINT stops gracefully (no new tasks; running ones get --grace
-    seconds, then are released); a second one stops at once.
+    seconds, then are released, and tasks prefetched but not started are released at
+    once); a second one stops at once.
     """
     level = log_level.upper()
     if level not in LOG_LEVELS:
@@ -223,6 +235,7 @@ def worker_command(
             config_file=config_file,
             connect_timeout=connect_timeout,
             concurrency=concurrency,
+            prefetch=prefetch,
             queues=queues,
             grace=grace,
             worker_id=worker_id,

@@ -73,6 +73,8 @@ class LeaseKeeper:
         self._request_timeout = request_timeout
         self._leases: dict[int, Lease] = {}
         self._changed = anyio.Event()
+        #: When the run loop wakes next by itself: a lease due later needs no wake-up.
+        self._next_wake = -math.inf
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -89,7 +91,9 @@ class LeaseKeeper:
             expires_at=task.lease_expires_at,
         )
         self._leases[task.task_id] = lease
-        self._changed.set()
+        if lease.renew_at < self._next_wake:
+            # Only then: waking the loop walks every lease, a cost per task at high rates.
+            self._changed.set()
         return lease
 
     def drop(self, lease: Lease) -> None:
@@ -148,8 +152,11 @@ class LeaseKeeper:
                         renewals.start_soon(self._renew, lease)
                     else:
                         next_due = min(next_due, lease.renew_at)
-                with anyio.move_on_after(min(next_due - now, 60.0)):
+                wait = min(next_due - now, 60.0)
+                self._next_wake = now + wait
+                with anyio.move_on_after(wait):
                     await changed.wait()
+                self._next_wake = -math.inf
 
     async def _renew(self, lease: Lease) -> None:
         try:

@@ -189,6 +189,8 @@ def safe_result(value: Any, limit: int = MAX_ERROR_CHARS) -> Outcome:
     Checked before the ack, so a result that cannot be stored never reaches the broker as a
     half-done ack: the task fails and says why. Retrying would give the same result.
     """
+    if value is None or type(value) in (str, int, bool):
+        return Succeeded(value)  # JSON as they are (a float may be NaN: checked below)
     try:
         jsonable = to_jsonable_python(value)
         json.dumps(jsonable, allow_nan=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,11 +61,43 @@ class RuntimeConfig:
     prefetch: int = 0
 
 
+class _Slots:
+    """Handler slots, first come first served. A free slot is taken without a checkpoint (the
+    handler that follows yields anyway): ``anyio.CapacityLimiter`` paid two per task."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def take(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        handed = anyio.Event()
+        self._waiters.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self.give()  # handed a slot as we were cancelled: pass it on
+            else:
+                self._waiters.remove(handed)
+            raise
+
+    def give(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # straight to the next in line
+        else:
+            self.free += 1
+
+
 @dataclass(eq=False)
 class _Running:
     lease: Lease
     task: Task
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Its handler has a slot (False: prefetched, waiting for one).
+    started: bool = False
     settling: bool = False
 
 
@@ -96,7 +129,7 @@ class Runtime:
             on_reply=self._settled,
         )
         #: Handlers running at once at most; prefetched tasks wait here for a slot.
-        self.slots = anyio.CapacityLimiter(config.concurrency)
+        self.slots = _Slots(config.concurrency)
         self.running: dict[int, _Running] = {}
         self.stop_requested = anyio.Event()
         self.stop_now = False
@@ -147,14 +180,16 @@ class Runtime:
             services.cancel_scope.cancel()
 
     async def _wind_down(self, work: anyio.abc.TaskGroup) -> None:
+        self._release_prefetched()
         await self._refuse_new_work()
+        self._release_prefetched()  # claimed by a settle that was on the wire meanwhile
         grace = self.config.grace
         if self.running and not self.stop_now:
             logger.info(
                 "worker %s stopping: waiting up to %g s for %d running task(s)",
                 self.config.worker_id,
                 grace,
-                len(self.running),
+                sum(1 for running in self.running.values() if running.started),
             )
             with anyio.move_on_after(grace):
                 await self._wait_until(lambda: not self.running or self.stop_now)
@@ -173,6 +208,13 @@ class Runtime:
                 )
             work.cancel_scope.cancel()
         logger.info("worker %s stopped after %d task(s)", self.config.worker_id, self.processed)
+
+    def _release_prefetched(self) -> None:
+        """Tasks held but not started go back at once, not after the grace period: another
+        worker can run them now (their ``_process`` releases them, in one settle)."""
+        for running in self.running.values():
+            if not running.started and not running.settling:
+                running.scope.cancel()
 
     async def _refuse_new_work(self) -> None:
         """Tell the broker to hand this worker nothing more.
@@ -292,11 +334,18 @@ class Runtime:
         )
         started = anyio.current_time()
         try:
-            logger.debug("%s: running %s", lease.about, task.name)
+            if logger.isEnabledFor(logging.DEBUG):  # ``about`` formats a string: skip it
+                logger.debug("%s: running %s", lease.about, task.name)
             outcome: Outcome = Released("the worker is stopping")
             with running.scope:
-                async with self.slots:
-                    outcome = await self.executor.execute(task, claimed.payload, ctx)
+                await self.slots.take()
+                try:
+                    # Cancelled while it waited (the worker is stopping): it stays released.
+                    if not running.scope.cancel_called:
+                        running.started = True
+                        outcome = await self.executor.execute(task, claimed.payload, ctx)
+                finally:
+                    self.slots.give()
             running.settling = True
             elapsed = anyio.current_time() - started
             await self.settler.settle(lease, task, outcome, elapsed)

@@ -233,7 +233,8 @@ class Settler:
             self.tally.succeeded += 1
             # DEBUG: a line per success would cost more than a small task (a summary line
             # at INFO counts them instead).
-            logger.debug("%s: %s succeeded in %.3f s", lease.about, task.name, elapsed)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s: %s succeeded in %.3f s", lease.about, task.name, elapsed)
         elif isinstance(outcome, Failed):
             item = Settlement.fail(
                 claimed.task_id,

@@ -147,7 +147,10 @@ class Worker:
     :param prefetch: tasks held beyond ``concurrency``, claimed ahead so a slot that frees up
         starts its next task without a round trip (default 0: claim only for free slots).
         The broker lets the worker hold ``concurrency + prefetch`` leases at most; handlers
-        still run ``concurrency`` at once.
+        still run ``concurrency`` at once. A prefetched task waits for a slot here while an
+        idle worker elsewhere could run it: keep it 0 for long tasks, raise it for many short
+        ones. On stop, prefetched tasks not started yet are released at once. The CLI's
+        ``--prefetch`` sets it.
     :param wait: long-poll of a claim, in seconds.
     :param lease: lease asked for in each claim (default: each task's own, else the
         broker's ``default_lease``); leases are renewed while tasks run.

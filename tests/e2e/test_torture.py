@@ -45,6 +45,7 @@ def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
     assert counts["consumer kills (SIGKILL)"] == 2
     assert counts["enqueues ok"] >= 20
     assert counts["acks ok"] >= 20
+    assert counts["acks ok via settle"] >= 1  # one of the two consumers settles in batches
 
     # The same histories against a database that lost one ok'd enqueue and one ok'd ack
     # must fail: the checks can see a loss.
@@ -171,3 +172,48 @@ def test_history_lines_survive_reading_a_partial_file(tmp_path: Path) -> None:
     history: History = torture.read_history(tmp_path)
     assert history.enqueued == {7: "p-7"}
     assert history.malformed == 1
+
+
+def test_checker_reads_per_task_settle_results(tmp_path: Path) -> None:
+    """A settle's items are recorded one line each: ok counts as an ok'd ack, lease_lost as
+    a refused one; a fail sent in a settle may end its lease early."""
+    _write(tmp_path / "producer0.history", "enqueue ok 1 p-1", "enqueue ok 2 p-2")
+    _write(
+        tmp_path / "consumer0s-g0.history",
+        "settle ok 0 2",
+        "claim 1 1 tokA 110.000000 100.000000",
+        "claim 2 1 tokB 110.000000 100.000000",
+        "fail sent 2 tokB",
+        "settle ok 3 1",
+        "ack ok 1 tokA settle",
+        "ack lease_lost 1 tokA settle",  # the same ack twice in one settle
+        "fail ok 2 tokB settle",
+        "claim 2 2 tokC 112.000000 102.000000",  # failed: may come back before tokB's expiry
+        "settle unknown 1 0",
+        "ack unknown 2 tokC settle",
+        "claim 2 3 tokD 125.000000 115.000000",
+        "settle ok 2 0",
+        "ack ok 2 tokD settle",
+        "late_ack lease_lost 2 tokC settle",
+    )
+    history = torture.read_history(tmp_path)
+    stored = {1: StoredTask("succeeded", "p-1", "tokA"), 2: StoredTask("succeeded", "p-2", "tokD")}
+    checks = torture.check_history(history, stored)
+    assert all(c.passed for c in checks), checks
+    assert history.acked == {1: ["tokA"], 2: ["tokD"]}
+    assert history.via_settle["ack ok"] == 2 and history.via_settle["ack lease_lost"] == 1
+    assert history.outcomes["late_ack lease_lost"] == 1
+    assert history.settle_items == 6 and history.malformed == 0
+
+    # An item answered ok for a second ack of the same task, or a late ack answered ok,
+    # must fail the fencing checks.
+    _write(
+        tmp_path / "consumer1s-g0.history",
+        "claim 1 2 tokE 140.000000 130.000000",
+        "ack ok 1 tokE settle",
+        "late_ack ok 2 tokC settle",
+    )
+    history = torture.read_history(tmp_path)
+    verdicts = {c.name: c.passed for c in torture.check_history(history, stored)}
+    assert not verdicts["at most one ok'd ack per task (fencing)"]
+    assert not verdicts["acks after the lease ended are refused (fencing)"]

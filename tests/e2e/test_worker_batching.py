@@ -122,3 +122,41 @@ async def test_quiet_in_a_settle_reply_stops_claiming(broker_url: str, client: A
         assert worker.running
         worker.stop()
     assert done == [0]
+
+
+async def test_stop_releases_prefetched_tasks_at_once(broker_url: str, client: AsyncClient) -> None:
+    """Held but not started: back to ``queued`` at once, while the running task still has
+    its whole grace period."""
+    worker = Worker(url=broker_url, concurrency=1, prefetch=3, wait=0.5, grace=LIMIT,
+                    heartbeat_interval=0.2)  # fmt: skip
+    gate = anyio.Event()
+    started: list[int] = []
+
+    @worker.task("held")
+    async def held(payload: Any, ctx: TaskContext) -> None:
+        started.append(ctx.task_id)
+        await gate.wait()
+
+    ids = [(await client.enqueue("held", n)).task_id for n in range(4)]
+
+    async def all_leased() -> bool:
+        states = [(await client.get(t)).state for t in ids]
+        return states == ["leased"] * 4 and len(started) == 1
+
+    async def prefetched_back() -> bool:
+        rest = [t for t in ids if t not in started]
+        return [(await client.get(t)).state for t in rest] == ["queued"] * 3
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await until(all_leased)
+        worker.stop()
+        await until(prefetched_back)
+        # The running task is still within its grace period, and still leased.
+        assert (await client.get(started[0])).state == "leased"
+        for t in ids:
+            task = await client.get(t)
+            assert task.attempts == (1 if t in started else 0), task
+        gate.set()
+    assert len(started) == 1
+    assert (await client.get(started[0])).state == "succeeded"

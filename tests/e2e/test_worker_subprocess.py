@@ -173,6 +173,33 @@ async def all_states(client: AsyncClient, ids: list[int]) -> list[str]:
 # ----------------------------------------------------------------------- SIGTERM, SIGKILL
 
 
+async def test_sigterm_releases_prefetched_tasks_at_once(
+    broker_url: str, app_folder: Path, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """``--prefetch``: held beyond the slots; on SIGTERM the unstarted ones go back at once,
+    while the running one keeps its grace period."""
+    async with AsyncClient.from_url(broker_url) as client:
+        ids = [(await client.enqueue("jobs", n)).task_id for n in range(4)]
+        worker = start_worker(
+            broker_url, "--concurrency", "1", "--prefetch", "3", "--grace", str(LIMIT)
+        )
+        await until_runs(app_folder, 1)
+        with anyio.fail_after(LIMIT):
+            while await all_states(client, ids) != ["leased"] * 4:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        worker.proc.send_signal(signal.SIGTERM)
+        (running,) = [task_id for task_id, _ in runs(app_folder)]
+        rest = [task_id for task_id in ids if task_id != running]
+        with anyio.fail_after(LIMIT):
+            while await all_states(client, rest) != ["queued"] * 3:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert (await client.get(running)).state == "leased"
+        (app_folder / "go").touch()
+        assert await worker.wait() == 0
+        assert len(runs(app_folder)) == 1
+        assert (await client.get(running)).state == "succeeded"
+
+
 async def test_sigterm_lets_running_tasks_finish(
     broker_url: str, app_folder: Path, start_worker: Callable[..., WorkerProcess]
 ) -> None:
