@@ -152,6 +152,7 @@ class _Connection:
         # against max_reply_buffer). TLS streams always go through the writer task.
         self._transport = _plain_transport(stream)
         self._writing = False
+        self._flush_scheduled = False
         self._outbox_filled = anyio.Event()
         self._flushed = anyio.Event()  # set once the lines now in the outbox are written
         self._inflight = 0
@@ -526,20 +527,38 @@ class _Connection:
         return self._outbox_bytes + buffered
 
     def _post(self, line: bytes) -> None:
-        """Send one whole reply line without waiting: straight to a plain TCP transport when
-        nothing waits before it, else through the writer task."""
+        """Send one whole reply line without waiting for it.
+
+        On a plain TCP transport the lines posted during one turn of the event loop go out in
+        one write from a callback scheduled with the first of them (the replies of one group
+        commit are posted back to back: one system call for all of them, and no writer task
+        wake-up). Otherwise, and while the writer task is sending, through the writer task.
+        """
         if self._broken:
-            return
-        transport = self._transport
-        if transport is not None and not self._outbox and not self._writing:
-            if transport.is_closing():
-                self._broken = True
-                return
-            transport.write(line)
             return
         self._outbox.append(line)
         self._outbox_bytes += len(line)
+        if self._transport is not None and not self._writing:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_to_transport)
+            return
         self._outbox_filled.set()
+
+    def _flush_to_transport(self) -> None:
+        """The callback of :meth:`_post`: everything waiting, in one transport write."""
+        self._flush_scheduled = False
+        transport = self._transport
+        if transport is None or self._writing or not self._outbox or self._broken:
+            if self._outbox:
+                self._outbox_filled.set()  # the writer task takes them
+            return
+        if transport.is_closing():
+            self._broken = True
+            return
+        batch, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
+        transport.write(b"".join(batch))
 
     async def send(self, line: bytes) -> None:
         """Queue one whole reply line and wait until it is written.
