@@ -189,6 +189,7 @@ class _Connection:
                     await self._send_quietly(
                         codec.error_reply(None, errors.ShuttingDown("the broker is stopping"))
                     )
+                await self._write_outbox()  # replies posted for a later loop turn, too
                 connection.cancel_scope.cancel()  # everything is written: stop the writer
 
     async def _serve_requests(self) -> None:
@@ -545,6 +546,15 @@ class _Connection:
             return
         self._outbox_filled.set()
 
+    async def _write_outbox(self) -> None:
+        """Before the connection ends: what waits in the outbox is written (bounded)."""
+        if not self._outbox or self._broken:
+            return
+        with anyio.move_on_after(NOTICE_TIMEOUT):
+            flushed = self._flushed
+            self._outbox_filled.set()
+            await flushed.wait()
+
     def _flush_to_transport(self) -> None:
         """The callback of :meth:`_post`: everything waiting, in one transport write."""
         self._flush_scheduled = False
@@ -558,7 +568,10 @@ class _Connection:
             return
         batch, self._outbox = self._outbox, []
         self._outbox_bytes = 0
-        transport.write(b"".join(batch))
+        try:
+            transport.write(b"".join(batch))
+        except RuntimeError:  # its write side was closed meanwhile: the peer is going
+            self._broken = True
 
     async def send(self, line: bytes) -> None:
         """Queue one whole reply line and wait until it is written.
