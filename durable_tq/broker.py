@@ -599,9 +599,14 @@ class Broker:
             params.update(queue=queues[0], limit=limit)
             rows = conn.execute(queries.LEASE_BEST_OF_QUEUE, params).fetchall()
         else:
+            # Only queues with ready tasks (committed, or made ready earlier in this batch)
+            # are read: a claim over 1,000 mostly empty queues costs what its few non-empty
+            # ones cost, and does not hold the writer (and everyone's writes) meanwhile.
+            ready = self.store.ready_queues | batch.readied()
             candidates = [
                 tuple(row)
                 for queue in queues
+                if queue in ready
                 for row in conn.execute(queries.READY_IN_QUEUE, (queue, limit))
             ]
             candidates.sort(key=lambda c: (-c[1], c[0]))

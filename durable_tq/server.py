@@ -897,7 +897,8 @@ class BrokerServer:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             raw = await anyio.abc.SocketStream.from_socket(sock)
-        except OSError as exc:  # the peer left already, or no memory for its transport
+        except (OSError, ValueError) as exc:  # the peer left already (anyio says ValueError:
+            # "the socket must be connected"), or no memory for its transport
             log.debug("cannot set up an accepted connection: %s", exc)
             sock.close()
             return
