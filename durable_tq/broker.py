@@ -18,6 +18,7 @@ import anyio
 from msgspec import Raw
 
 from durable_tq import errors, queries
+from durable_tq.clock import BrokerTime, Clock
 from durable_tq.config import Settings
 from durable_tq.store import Batch, Store
 from durable_tq.waiters import Waiters
@@ -230,15 +231,18 @@ class Broker:
     same way; ``session`` is the connection's.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        #: The broker's time (durable_tq.clock): Unix seconds that move with the monotonic
+        #: clock while it runs, so a wall-clock step neither shortens nor stretches a lease.
+        self.time = BrokerTime(clock)
         self.store = Store(settings)
         self.waiters = Waiters()
         self.paused: set[str] = set()
         #: Queues that have a row in ``queues``: new ones get one on their first enqueue.
         self.known_queues: set[str] = set()
         self.connections = 0
-        self.started_at = time.time()
+        self.started_at = self.now()
         #: Earliest moment something timed (a scheduled task, a lease) falls due; the sweeper
         #: watches it. Writes lower it; ``due_changed`` wakes the sweeper when they do.
         self.next_due: float = float("inf")
@@ -252,7 +256,13 @@ class Broker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def now(self) -> float:
+        """Unix seconds as the broker counts them (see :class:`durable_tq.clock.BrokerTime`)."""
+        return self.time.now()
+
     async def open(self) -> None:
+        self.time.anchor()
+        self.started_at = self.now()
         await self.store.open()
         queues = await self.store.read(lambda conn: conn.execute(queries.QUEUES).fetchall())
         self.known_queues = {name for name, _ in queues}
@@ -325,7 +335,7 @@ class Broker:
             return  # the worker is still connected through another connection
         del self._worker_sessions[worker_id]
         release = self.settings.release_on_disconnect
-        now = time.time()
+        now = self.now()
 
         def gone(conn: sqlite3.Connection, batch: Batch) -> Counter[str]:
             conn.execute(queries.WORKER_GONE, (worker_id,))
@@ -400,8 +410,7 @@ class Broker:
                 # midway would otherwise count its first items).
                 waiting = depth - batch.request_net(task.queue, *WAITING)
                 raise errors.Busy(
-                    f"queue {task.queue!r} holds {waiting} waiting tasks "
-                    f"(max_queue_depth {limit})",
+                    f"queue {task.queue!r} holds {waiting} waiting tasks (max_queue_depth {limit})",
                     retry_after=1.0,
                 )
         cursor = conn.execute(
@@ -438,7 +447,7 @@ class Broker:
         *,
         session: Session | None = None,
     ) -> Result:
-        now = time.time()
+        now = self.now()
         spec = TaskSpec(queue, payload, priority, delay, run_at, max_attempts, lease, unique_key)
         task = self._new_task(spec, now)
         # Atomic (no savepoint): everything that can refuse it runs before its INSERT; only a
@@ -459,7 +468,7 @@ class Broker:
                 f"tasks: {len(tasks)} tasks is more than max_enqueue_many "
                 f"({self.settings.max_enqueue_many})"
             )
-        now = time.time()
+        now = self.now()
         new = [self._new_task(item, now) for item in tasks]
 
         def insert_all(conn: sqlite3.Connection, batch: Batch) -> list[tuple[int, bool]]:
@@ -518,6 +527,8 @@ class Broker:
         """Claim, then long-poll while nothing came. ``first``: the result of a first attempt
         already made (inside a settle's transaction), or None to make it here."""
         queues, limit, lease = self._claim_plan(queues, limit, wait, lease)
+        # A long-poll is a real wait on the event loop (anyio's own monotonic clock), not a
+        # stored deadline, so it is measured with time.monotonic rather than the broker's time.
         deadline = time.monotonic() + wait
         if first is not None and (first or wait <= 0):
             return first
@@ -582,15 +593,20 @@ class Broker:
                 limit = min(limit, capacity - leased)
                 if limit <= 0:
                     return []
-        now = time.time()
+        now = self.now()
         params: dict[str, Any] = {"now": now, "lease": lease, "worker_id": worker_id}
         if len(queues) == 1:
             params.update(queue=queues[0], limit=limit)
             rows = conn.execute(queries.LEASE_BEST_OF_QUEUE, params).fetchall()
         else:
+            # Only queues with ready tasks (committed, or made ready earlier in this batch)
+            # are read: a claim over 1,000 mostly empty queues costs what its few non-empty
+            # ones cost, and does not hold the writer (and everyone's writes) meanwhile.
+            ready = self.store.ready_queues | batch.readied()
             candidates = [
                 tuple(row)
                 for queue in queues
+                if queue in ready
                 for row in conn.execute(queries.READY_IN_QUEUE, (queue, limit))
             ]
             candidates.sort(key=lambda c: (-c[1], c[0]))
@@ -641,7 +657,7 @@ class Broker:
     def _ack_row(
         self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, result: str | None
     ) -> Returned:
-        now = time.time()
+        now = self.now()
         row = conn.execute(queries.ACK, (result, now, now, task_id, token, now)).fetchone()
         if row is None:
             raise self._lease_lost_or_missing(conn, task_id)
@@ -658,7 +674,7 @@ class Broker:
         retry: bool,
         delay: float | None,
     ) -> Returned:
-        now = time.time()
+        now = self.now()
         attempts, max_attempts, queue = self._current_lease(conn, task_id, token, now)
         if retry and attempts < max_attempts:
             if delay is None:
@@ -674,7 +690,7 @@ class Broker:
     def _release_row(
         self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, delay: float | None
     ) -> Returned:
-        now = time.time()
+        now = self.now()
         _, _, queue = self._current_lease(conn, task_id, token, now)
         delay = delay or 0.0
         state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
@@ -786,7 +802,7 @@ class Broker:
                     {"task_id": task_id, "ok": True, "state": returned[0], "run_at": returned[1]}
                 )
             if worker_id is not None:
-                row = conn.execute(queries.HEARTBEAT, (time.time(), worker_id)).fetchone()
+                row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
                 settled.worker_state = None if row is None else row[0]
             if plan is not None:
                 queues, limit, lease = plan
@@ -826,7 +842,7 @@ class Broker:
         assert seconds is not None
 
         def extend(conn: sqlite3.Connection, batch: Batch) -> float:
-            now = time.time()
+            now = self.now()
             expires_at = now + seconds
             cursor = conn.execute(queries.EXTEND, (expires_at, now, task_id, lease_token, now))
             if cursor.rowcount == 0:
@@ -838,7 +854,7 @@ class Broker:
     # --- workers ------------------------------------------------------------------------------
 
     async def register_worker(self, spec: schema.WorkerSpec) -> None:
-        now = time.time()
+        now = self.now()
         params = {
             "id": spec.id,
             "queues": None if spec.queues is None else json.dumps(spec.queues),
@@ -865,7 +881,7 @@ class Broker:
             raise errors.Conflict("heartbeat needs a worker registered in hello")
 
         def beat(conn: sqlite3.Connection, batch: Batch) -> str:
-            row = conn.execute(queries.HEARTBEAT, (time.time(), worker_id)).fetchone()
+            row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
             if row is None:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
             return str(row[0])
@@ -884,7 +900,7 @@ class Broker:
         return {}
 
     async def workers(self, *, session: Session | None = None) -> Result:
-        alive_after = time.time() - self.settings.worker_timeout
+        alive_after = self.now() - self.settings.worker_timeout
 
         def read(conn: sqlite3.Connection) -> list[Result]:
             leased = dict(conn.execute(queries.LEASES_BY_WORKER).fetchall())
@@ -932,7 +948,7 @@ class Broker:
 
     async def stats(self, *, session: Session | None = None) -> Result:
         timeout = self.settings.worker_timeout
-        result = await self.store.read(lambda conn: read_stats(conn, time.time(), timeout))
+        result = await self.store.read(lambda conn: read_stats(conn, self.now(), timeout))
         result["connections"] = self.connections
         # Optional (PROTOCOL.md allows additions): the group-commit writer's counters.
         result["store"] = dataclasses.asdict(self.store.stats)
@@ -951,7 +967,7 @@ class Broker:
                     f"task {task_id} is {state} and cannot be cancelled", state=state
                 )
             if state != TaskState.CANCELLED:
-                now = time.time()
+                now = self.now()
                 conn.execute(queries.CANCEL, (now, now, task_id))
                 batch.moved(row[1], state, TaskState.CANCELLED)
             return TaskState.CANCELLED.value
@@ -966,7 +982,7 @@ class Broker:
         *,
         session: Session | None = None,
     ) -> Result:
-        now = time.time()
+        now = self.now()
         steps: list[tuple[str, dict[str, object]]]
         if task_ids is not None:
             sql = queries.REQUEUE_IDS

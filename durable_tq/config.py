@@ -55,6 +55,29 @@ class Settings(BaseSettings):
     idle_timeout: float | None = Field(
         None, gt=0, description="Close connections silent this long after hello (None: never)."
     )
+    max_reply_buffer: int = Field(
+        4 << 20,
+        ge=65536,
+        description="Reply bytes one connection may have unwritten before it is no longer "
+        "read (a peer that sends without reading).",
+    )
+    max_total_reply_buffer: int = Field(
+        256 << 20,
+        ge=65536,
+        description="Unwritten reply bytes of all connections together before the ones "
+        "holding more than their share stop being read.",
+    )
+    write_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Close a connection whose replies stay over max_reply_buffer this long.",
+    )
+    drain_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="On shutdown, how long requests already read may take to finish and be "
+        "written; then every connection is closed, unwritten replies dropped.",
+    )
     release_on_disconnect: bool = Field(
         False, description="Release a worker's leases as soon as its connection drops."
     )
@@ -206,9 +229,7 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def value_sources(
-    config_file: Path | None, overrides: dict[str, Any]
-) -> dict[str, str]:
+def value_sources(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each setting's value comes from: override, env, file or default."""
     file_values = _read_toml(config_file)
     where: dict[str, str] = {}

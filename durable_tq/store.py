@@ -85,6 +85,16 @@ class Batch:
         """The change the write running now made to ``queue``'s count of ``states``."""
         return sum(self.request_moves[(queue, state)] for state in states)
 
+    def readied(self) -> set[str]:
+        """Queues this transaction (so far, the write running now included) added ready
+        tasks to: with :attr:`Store.ready_queues`, every queue that may hold one."""
+        return {
+            queue
+            for moves in (self.moves, self.request_moves)
+            for (queue, state), n in moves.items()
+            if n > 0 and state == "queued"
+        }
+
     def begin_request(self) -> None:
         if self.request_moves:
             self.request_moves = Counter()
@@ -413,6 +423,11 @@ class Store:
         self._closing = False
         self._batch = Batch()
         self._batch_started = 0.0
+        #: Committed tasks per (queue, state), as in ``queue_counts``: loaded at open, kept
+        #: exact after each commit. A claim over many queues reads only those with ready tasks.
+        self.counts: Counter[tuple[str, str]] = Counter()
+        #: Queues whose committed count of ready tasks is above zero.
+        self.ready_queues: set[str] = set()
         self.commit_on_loop_max = COMMIT_ON_LOOP_MAX
         self._full_sync = settings.synchronous.value.upper() == "FULL"
         self._unsynced = False  # the writer connection is at NORMAL now, for a lease batch
@@ -428,6 +443,11 @@ class Store:
             self._writer = await self._connect(readonly=False)
             await on_db_thread(self._writer, migrate.apply_migrations)
             await self._check_writable(self._writer)
+            rows = await on_db_thread(
+                self._writer, lambda conn: conn.execute(queries.QUEUE_COUNTS).fetchall()
+            )
+            self.counts = Counter({(queue, state): n for queue, state, n in rows})
+            self.ready_queues = {q for (q, state), n in self.counts.items() if state == "queued"}
             for _ in range(self.settings.read_connections):
                 self._readers.append(await self._connect(readonly=True))
         except BaseException:
@@ -711,6 +731,15 @@ class Store:
             self._fail_batch(batch, storage_error(exc, "committing"))
             return
         done = time.perf_counter()
+        counts = self.counts
+        for key, n in self._batch.moves.items():
+            if n:
+                counts[key] += n
+                if key[1] == "queued":
+                    if counts[key] > 0:
+                        self.ready_queues.add(key[0])
+                    else:
+                        self.ready_queues.discard(key[0])
         stats = self.stats
         stats.unsynced_commits += unsynced
         stats.commits += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -81,8 +80,8 @@ class Sweeper:
         self.sweeps = 0
 
     async def sweep(self) -> SweepResult:
-        now = time.time()
         broker = self.broker
+        now = broker.now()
         # Anything timed that is written from here on must wake us again.
         broker.next_due = math.inf
         settings = broker.settings
@@ -116,9 +115,10 @@ class Sweeper:
                 log.error("sweep failed: %s", exc)
             broker = self.broker
             # Sleep until the next interval, or until the earliest task or lease falls due.
-            wake_at = min(time.time() + interval, broker.next_due)
+            # In the broker's time (monotonic while it runs: a wall-clock step changes nothing).
+            wake_at = min(broker.now() + interval, broker.next_due)
             while True:
-                delay = wake_at - time.time()
+                delay = wake_at - broker.now()
                 if delay <= 0:
                     break
                 broker.due_changed = anyio.Event()
