@@ -206,9 +206,7 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def value_sources(
-    config_file: Path | None, overrides: dict[str, Any]
-) -> dict[str, str]:
+def value_sources(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each setting's value comes from: override, env, file or default."""
     file_values = _read_toml(config_file)
     where: dict[str, str] = {}
