@@ -1,6 +1,6 @@
 """Crash test of the broker: ``durable-tq torture`` as a script (same options).
 
-    python benchmarks/torture.py --kills 30 --duration 120 --seed 1
+python benchmarks/torture.py --kills 30 --duration 120 --seed 1
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from durable_tq.errors import (
     DurableTQError,
     LeaseLost,
     NotFound,
+    RequestTimeout,
 )
-from durable_tq.protocol import TaskState
+from durable_tq.wire.schema import TaskState
 
 if TYPE_CHECKING:
     from durable_tq.client import AsyncClient, Client
@@ -54,6 +55,7 @@ __all__ = [
     "Fail",
     "LeaseLost",
     "NotFound",
+    "RequestTimeout",
     "Retry",
     "TaskContext",
     "TaskState",

@@ -17,6 +17,7 @@
     ├── Internal                        internal
     │   └── StorageError                internal: SQLite failed (disk full, I/O error, locked)
     ├── ConnectionLost                  client side only: the socket broke (never on the wire)
+    ├── RequestTimeout                  client side only: no reply in time (also a TimeoutError)
     └── ConfigError                     settings that cannot be used (never on the wire)
 
 Raise these, never bare exceptions, across module boundaries; keep the cause with ``from``.
@@ -117,6 +118,15 @@ class ConnectionLost(DurableTQError):
     """Client side: the connection to the broker broke or could not be made."""
 
     code = "connection_lost"
+
+
+class RequestTimeout(DurableTQError, TimeoutError):
+    """Client side: no reply within the request's ``timeout``.
+
+    The broker may still carry the request out (and, for writes, commit it).
+    """
+
+    code = "timeout"
 
 
 class ConfigError(DurableTQError):

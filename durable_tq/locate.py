@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from durable_tq import config, errors
+from durable_tq.client import url as broker_url
 
 __all__ = [
     "CAFILE_ENV",
@@ -51,10 +52,7 @@ class BrokerTarget:
     @property
     def shown_url(self) -> str:
         """``url`` without a token that may sit in its user part."""
-        scheme, _, rest = self.url.partition("://")
-        if "@" in rest:
-            rest = rest.rsplit("@", 1)[1]
-        return f"{scheme}://{rest}"
+        return broker_url.shown_url(self.url)
 
 
 def client_host(host: str) -> str:
@@ -109,7 +107,7 @@ def locate_broker(
     elif env.get(URL_ENV):
         url, source = env[URL_ENV], f"env {URL_ENV}"
     if url:
-        if not url.startswith(("tcp://", "tls://")):
+        if url.partition("://")[0] not in broker_url.SCHEMES:
             raise errors.ConfigError(
                 f"the broker URL must look like tcp://HOST:PORT or tls://HOST:PORT, got {url!r} "
                 f"(from {source})"

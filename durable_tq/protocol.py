@@ -15,28 +15,21 @@ from durable_tq.wire.codec import (
     ok_reply,
     parse_line,
 )
-from durable_tq.wire.ops import OPS, REQUESTS, WRITE_OPS
+from durable_tq.wire.ops import OPS, REQUESTS
 from durable_tq.wire.schema import *  # noqa: F403  (the request types, states, limits)
 from durable_tq.wire.schema import (
-    FINISHED_STATES,
-    LIVE_STATES,
     PROTOCOL_VERSION,
     SERVER_NAME,
-    WAITING_STATES,
     RequestId,
     TaskState,
     WorkerCommand,
 )
 
 __all__ = [
-    "FINISHED_STATES",
-    "LIVE_STATES",
     "OPS",
     "PROTOCOL_VERSION",
     "REQUESTS",
     "SERVER_NAME",
-    "WAITING_STATES",
-    "WRITE_OPS",
     "FrameRejected",
     "RequestId",
     "TaskState",

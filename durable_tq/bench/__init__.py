@@ -1,5 +1,6 @@
 """``durable-tq bench``: how many tasks a second the broker moves, and how long a task waits.
 
+    names.py           the scenario names (for --help, without loading the rest)
     wire.py            a bare blocking NDJSON connection and pre-built frames (the load side)
     loadgen.py         the roles a load process plays: producers, consumers, Worker processes
     fleet.py           load processes: start, hold at a common start line, collect results
@@ -16,14 +17,16 @@ docs/benchmarks.md has the method, the figures, and where the time goes.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from durable_tq.bench.merge import median_report
-from durable_tq.bench.report import Measurement, Report, markdown, render
-from durable_tq.bench.runner import Bench, BenchOptions
-from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+    from durable_tq.bench.report import Measurement, Report, markdown, render
+    from durable_tq.bench.runner import BenchOptions
+    from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 __all__ = [
     "DEFAULT_SCENARIOS",
@@ -36,10 +39,35 @@ __all__ = [
     "run",
 ]
 
+# Imported on first use: ``durable-tq --help`` needs only ``names``, and the rest needs
+# psutil (the ``bench`` extra).
+_LAZY = {
+    "DEFAULT_SCENARIOS": "durable_tq.bench.scenarios",
+    "SCENARIOS": "durable_tq.bench.scenarios",
+    "BenchOptions": "durable_tq.bench.runner",
+    "Measurement": "durable_tq.bench.report",
+    "Report": "durable_tq.bench.report",
+    "markdown": "durable_tq.bench.report",
+    "render": "durable_tq.bench.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable_tq.bench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 def run(options: BenchOptions, console: Console, *, show_progress: bool = True) -> Report:
     """Run the chosen scenarios (in their fixed order), ``options.repeat`` times on a fresh
     broker each; the report (of medians, when repeated)."""
+    from durable_tq.bench.merge import median_report
+    from durable_tq.bench.runner import Bench
+    from durable_tq.bench.scenarios import SCENARIOS
+
     options = options.effective()
     unknown = [name for name in options.scenarios if name not in SCENARIOS]
     if unknown:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from durable_tq.bench import limits as sqlite_limits
+from durable_tq.bench import names
 from durable_tq.bench.loadgen import LoadSpec
 from durable_tq.bench.report import Measurement
 from durable_tq.bench.runner import Bench, Variant
@@ -304,4 +305,6 @@ SCENARIOS: dict[str, Scenario] = {
     "claim-scaling": claim_scaling,
 }
 #: What runs without ``--scenario``: everything but the slow table-size study.
-DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "claim-scaling")
+if tuple(SCENARIOS) != names.SCENARIO_NAMES:  # pragma: no cover - caught by any bench run
+    raise RuntimeError("bench/names.py and SCENARIOS name different scenarios")
+DEFAULT_SCENARIOS = names.DEFAULT_SCENARIO_NAMES

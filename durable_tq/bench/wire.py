@@ -15,7 +15,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+from durable_tq import errors
+from durable_tq.client import url as broker_url
+from durable_tq.wire.schema import PROTOCOL_VERSION
 
 RECV_BYTES = 1 << 18
 CLIENT_NAME = "durable-tq-bench/0.1"
@@ -41,17 +44,13 @@ class Endpoint:
 
 def parse_endpoint(url: str, token: str | None = None) -> Endpoint:
     """``tcp://[TOKEN@]HOST:PORT`` as an :class:`Endpoint`; TLS is not benchmarked."""
-    parts = urlsplit(url)
-    if parts.scheme != "tcp":
+    if not url.startswith("tcp://"):
         raise ValueError(f"the benchmark speaks plain tcp:// only, got {url!r}")
     try:
-        port = parts.port or 7480
-    except ValueError as exc:
-        raise ValueError(f"bad port in {url!r}") from exc
-    secret = parts.password if parts.password is not None else parts.username
-    if token is None and secret:
-        token = unquote(secret)
-    return Endpoint(parts.hostname or "127.0.0.1", port, token)
+        target = broker_url.parse_url(url)
+    except errors.ConfigError as exc:
+        raise ValueError(exc.message) from exc
+    return Endpoint(target.host, target.port, token if token is not None else target.token)
 
 
 def payload_bytes_json(size: int, sent_at: float) -> bytes:
@@ -167,7 +166,7 @@ class WireConnection:
                     return reply
 
     def hello(self, worker: dict[str, Any] | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"version": 1, "client": CLIENT_NAME}
+        args: dict[str, Any] = {"version": PROTOCOL_VERSION, "client": CLIENT_NAME}
         if self.endpoint.token is not None:
             args["token"] = self.endpoint.token
         if worker is not None:

@@ -23,6 +23,7 @@ from rich.text import Text
 from durable_tq import errors, locate
 from durable_tq.cli._app import DEBUG_ENV, EXIT_OPERATION_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
 from durable_tq.client import Client
+from durable_tq.client.url import shown_url
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -233,14 +234,6 @@ def unreachable(url: str, exc: BaseException) -> BrokerUnreachable:
     if url.startswith("tcp://") and "during hello" in reason:
         reason = "it closed the connection during hello (if it uses TLS, use tls://)"
     return BrokerUnreachable(shown_url(url), reason)
-
-
-def shown_url(url: str) -> str:
-    """``url`` without a token that may sit in its user part."""
-    scheme, _, rest = url.partition("://")
-    if "@" in rest:
-        rest = rest.rsplit("@", 1)[1]
-    return f"{scheme}://{rest}"
 
 
 def _quiet_client_log() -> None:

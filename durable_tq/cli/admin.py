@@ -91,21 +91,24 @@ def migrate_database(
         lock.release()
     latest = migrate.latest_version()
     if json_output:
-        print_json({
-            "database": str(path),
-            "created": not existed,
-            "from_version": before,
-            "version": after,
-            "latest_version": latest,
-            "applied": [f"{m.version:04d}_{m.name}" for m in applied],
-        })
+        print_json(
+            {
+                "database": str(path),
+                "created": not existed,
+                "from_version": before,
+                "version": after,
+                "latest_version": latest,
+                "applied": [f"{m.version:04d}_{m.name}" for m in applied],
+            }
+        )
         return
     console = stdout_console()
     if not existed:
         console.print(Text.assemble("created ", (str(path), "bold")))
     for migration in applied:
-        console.print(Text.assemble("applied ", (f"{migration.version:04d}_{migration.name}",
-                                                 "green")))
+        console.print(
+            Text.assemble("applied ", (f"{migration.version:04d}_{migration.name}", "green"))
+        )
     state = "up to date" if after == latest else f"latest is {latest}"
     console.print(Text.assemble((str(path), "bold"), f": schema version {after} ({state})"))
 
@@ -189,9 +192,7 @@ def _verify(path: Path) -> dict[str, Any]:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             version = migrate.current_version(conn)
-            tasks = (
-                conn.execute("SELECT count(*) FROM tasks").fetchone()[0] if version else 0
-            )
+            tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0] if version else 0
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -251,8 +252,12 @@ def backup(
     finally:
         for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
             leftover.unlink(missing_ok=True)
-    report = {"database": str(source), "backup": str(target), **report,
-              "seconds": round(time.monotonic() - started, 3)}
+    report = {
+        "database": str(source),
+        "backup": str(target),
+        **report,
+        "seconds": round(time.monotonic() - started, 3),
+    }
     if json_output:
         print_json(report)
         return
@@ -280,13 +285,21 @@ def show_config(
     settings = config.load_settings(path)
     rows = config.describe(settings, config.value_sources(path, {}))
     if json_output:
-        print_json({
-            "config_file": None if path is None else str(path),
-            "settings": {name: {"value": value, "source": source} for name, value, source in rows},
-        })
+        print_json(
+            {
+                "config_file": None if path is None else str(path),
+                "settings": {
+                    name: {"value": value, "source": source} for name, value, source in rows
+                },
+            }
+        )
         return
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title_justify="left",
-                  title=f"Settings — {path if path is not None else 'no config file'}")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        title_justify="left",
+        title=f"Settings — {path if path is not None else 'no config file'}",
+    )
     table.add_column("Setting", style="bold", no_wrap=True)
     table.add_column("Value")
     table.add_column("Source", no_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,14 +10,19 @@ from typing import Annotated
 
 import typer
 
-from durable_tq import bench as benchmark
+from durable_tq.bench import names
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_USAGE, app
 from durable_tq.cli._common import error_console, print_json, stdout_console
 
+MISSING_EXTRA = (
+    "error: durable-tq bench needs psutil, which the bench extra brings: "
+    "pip install 'durable_tq[bench]'"
+)
+
 
 def _scenario_help() -> str:
-    names = ", ".join(benchmark.SCENARIOS)
-    return f"Scenario to run; repeat for several. One of: {names}. Default: all but claim-scaling."
+    listed = ", ".join(names.SCENARIO_NAMES)
+    return f"Scenario to run; repeat for several. One of: {listed}. Default: all but claim-scaling."
 
 
 @app.command()
@@ -107,14 +113,21 @@ def bench(
     if level not in ("FULL", "NORMAL"):
         error_console().print(f"error: --synchronous must be FULL or NORMAL, not {synchronous!r}")
         raise typer.Exit(EXIT_USAGE)
-    chosen = tuple(scenario) if scenario else benchmark.DEFAULT_SCENARIOS
-    unknown = [name for name in chosen if name not in benchmark.SCENARIOS]
+    chosen = tuple(scenario) if scenario else names.DEFAULT_SCENARIO_NAMES
+    unknown = [name for name in chosen if name not in names.SCENARIO_NAMES]
     if unknown:
         error_console().print(
             f"error: unknown scenario(s) {', '.join(unknown)}; "
-            f"choose from {', '.join(benchmark.SCENARIOS)}"
+            f"choose from {', '.join(names.SCENARIO_NAMES)}"
         )
         raise typer.Exit(EXIT_USAGE)
+    if importlib.util.find_spec("psutil") is None:
+        error_console().print(MISSING_EXTRA, markup=False)
+        raise typer.Exit(EXIT_OPERATION_ERROR)
+    # Imported here, not at the top: every command module is imported when any command runs,
+    # and ``serve`` or ``worker`` should not load (or need) the benchmark.
+    from durable_tq import bench as benchmark
+
     options = benchmark.BenchOptions(
         scenarios=chosen,
         tasks=tasks,

@@ -38,12 +38,12 @@ from durable_tq.cli._common import (
     plural,
     print_json,
     relative,
-    shown_url,
     stdin_is_terminal,
     stdout_console,
     styled_state,
 )
 from durable_tq.client import Client
+from durable_tq.client.url import shown_url
 from durable_tq.protocol import TaskState
 
 COUNT_STATES = [state.value for state in TaskState]

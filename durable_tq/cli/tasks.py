@@ -51,12 +51,12 @@ from durable_tq.cli._common import (
     plural,
     print_json,
     relative,
-    shown_url,
     stdout_console,
     styled_state,
     while_busy,
 )
 from durable_tq.client import Client
+from durable_tq.client.url import shown_url
 from durable_tq.protocol import TaskState
 
 tasks_app = typer.Typer(
@@ -572,9 +572,7 @@ def enqueue(
     broker = BrokerOptions(url, config_file, token, cafile, timeout)
     with broker_client(broker, busy_retries=0) as client:
         reply = msgspec.to_builtins(
-            while_busy(
-                lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout
-            )
+            while_busy(lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout)
         )
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})

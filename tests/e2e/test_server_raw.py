@@ -238,9 +238,7 @@ async def test_hello_reply(server: BrokerServer, raw_connect: RawConnect) -> Non
         assert (await conn.request("stats"))["ok"]
 
 
-async def test_hello_pipelined_with_requests(
-    server: BrokerServer, raw_connect: RawConnect
-) -> None:
+async def test_hello_pipelined_with_requests(server: BrokerServer, raw_connect: RawConnect) -> None:
     """Requests sent right behind hello, without waiting for its reply, are served."""
     async with raw_connect(server.url, hello=False) as conn:
         await conn.send("hello", id="h", version=1, worker={"id": "w1", "queues": ["q"]})
@@ -308,9 +306,7 @@ async def test_too_many_connections(make_server: MakeServer, raw_connect: RawCon
             assert (await again.request("stats"))["connections"] == 1
 
 
-async def test_connections_counted_in_stats(
-    server: BrokerServer, raw_connect: RawConnect
-) -> None:
+async def test_connections_counted_in_stats(server: BrokerServer, raw_connect: RawConnect) -> None:
     async with raw_connect(server.url) as one:
         async with raw_connect(server.url):
             assert (await one.request("stats"))["connections"] == 2

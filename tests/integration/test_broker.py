@@ -70,6 +70,13 @@ async def claim(
     return list(plain(reply["tasks"]))
 
 
+async def parked(broker: Broker, count: int, queue: str | None = None) -> None:
+    """Return once ``count`` claims are parked (long-polling) on the broker's waiters."""
+    with anyio.fail_after(10):
+        while broker.waiters.waiting(queue) < count:  # noqa: ASYNC110 - no event to wait on
+            await anyio.sleep(0.001)
+
+
 async def state_of(broker: Broker, task_id: int) -> str:
     return str(plain((await broker.get(task_id=task_id))["task"])["state"])
 
@@ -327,16 +334,21 @@ async def test_delay_and_run_at_schedule_then_become_ready(broker: Broker) -> No
 
 
 async def test_claim_with_wait_returns_as_soon_as_a_task_arrives(broker: Broker) -> None:
-    async def produce_later() -> None:
-        await anyio.sleep(0.2)
-        await enqueue(broker, payload="late")
+    tasks: list[dict[str, Any]] = []
+    returned = anyio.Event()
 
-    started = time.monotonic()
+    async def consumer() -> None:
+        tasks.extend(await claim(broker, wait=30))
+        returned.set()
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(produce_later)
-        tasks = await claim(broker, wait=30)
+        tg.start_soon(consumer)
+        await parked(broker, 1)  # the claim found nothing and waits
+        await enqueue(broker, payload="late")
+        with anyio.fail_after(2):  # the wait was 30 s: only the enqueue can have ended it
+            await returned.wait()
     assert [t["payload"] for t in tasks] == ["late"]
-    assert time.monotonic() - started < 20  # far from the 30 s wait
+    assert broker.waiters.waiting() == 0
 
 
 async def test_many_parked_claims_each_get_one_task(broker: Broker) -> None:
@@ -349,7 +361,7 @@ async def test_many_parked_claims_each_get_one_task(broker: Broker) -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(10):
                 tg.start_soon(consumer)
-            await anyio.sleep(0.1)
+            await parked(broker, 10)
             ids = [await enqueue(broker, payload=i) for i in range(10)]
     assert sorted(got) == ids
 
@@ -367,12 +379,12 @@ async def test_pause_stops_claims_and_resume_wakes_them(broker: Broker) -> None:
     stats = await broker.stats()
     assert stats["queues"]["q"]["paused"] is True
 
-    async def resume_later() -> None:
-        await anyio.sleep(0.2)
+    async def resume_once_parked() -> None:
+        await parked(broker, 1, "q")
         await broker.resume(queue="q")
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(resume_later)
+        tg.start_soon(resume_once_parked)
         with anyio.fail_after(10):
             tasks = await claim(broker, wait=20)
     assert [t["task_id"] for t in tasks] == [task_id]
