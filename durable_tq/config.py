@@ -103,6 +103,14 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
+    # gRPC (the grpc extra; docs/grpc.md)
+    grpc: str | None = Field(
+        None, description="HOST:PORT for the gRPC API; enables it (overrides grpc_host/port)."
+    )
+    grpc_enabled: bool = Field(False, description="Serve the gRPC API on grpc_host:grpc_port.")
+    grpc_host: str | None = Field(None, description="gRPC address [default: host].")
+    grpc_port: int = Field(7481, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -156,6 +164,31 @@ class Settings(BaseSettings):
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
 
+    @field_validator("grpc")
+    @classmethod
+    def _grpc_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+    @property
+    def grpc_address(self) -> tuple[str, int] | None:
+        """Where the gRPC API listens, or None when it is off."""
+        if self.grpc is not None:
+            return parse_address(self.grpc)
+        if self.grpc_enabled:
+            return (self.grpc_host or self.host, self.grpc_port)
+        return None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
 
 SECRET_FIELDS = frozenset({"auth_tokens"})
 
@@ -206,9 +239,7 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def value_sources(
-    config_file: Path | None, overrides: dict[str, Any]
-) -> dict[str, str]:
+def value_sources(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each setting's value comes from: override, env, file or default."""
     file_values = _read_toml(config_file)
     where: dict[str, str] = {}

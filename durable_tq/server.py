@@ -614,6 +614,7 @@ class BrokerServer:
         self.settings = settings
         self.broker = Broker(settings)
         self.port: int = settings.port
+        self.grpc_port: int | None = None  # bound once serve() listens, when gRPC is on
         self.drain_timeout = DRAIN_TIMEOUT
         #: Reply bytes a connection may have waiting to be written before it stops being read.
         self.max_reply_buffer = MAX_REPLY_BUFFER
@@ -678,6 +679,10 @@ class BrokerServer:
             self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             async with anyio.create_task_group() as background:
                 background.start_soon(Sweeper(self.broker).run, name="durable_tq sweeper")
+                if self.settings.grpc_address is not None:
+                    from durable_tq.servers.grpc.listener import serve_grpc
+
+                    self.grpc_port = await background.start(serve_grpc, self, self._shutdown)
                 async with anyio.create_task_group() as connections:
                     self._accept_scope = anyio.CancelScope()
                     connections.start_soon(self._accept, listener, connections)
