@@ -167,7 +167,8 @@ class _Stream:
             if message.HasField("open"):
                 raise errors.BadRequest("open may only be sent once, first")
             self.take(message)
-        self._reading_done = True
+        self._reading_done = True  # the worker is done: settle what came, then end
+        self._end_park()
         self._wake.set()
 
     # --- the pump ---------------------------------------------------------------------------
