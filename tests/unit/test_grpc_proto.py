@@ -99,3 +99,17 @@ def test_generated_code_is_what_the_proto_gives(tmp_path: Path) -> None:
 def test_the_proto_ships_in_the_package() -> None:
     assert generate.PROTO.is_file()
     assert pb.DESCRIPTOR.package == "durable_tq.v1"
+
+
+def test_grpc_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from durable_tq import errors
+    from durable_tq.config import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().grpc_address is None
+    assert load_settings(grpc="[::1]:7999").grpc_address == ("::1", 7999)
+    monkeypatch.setenv("DURABLE_TQ_GRPC_ENABLED", "true")
+    monkeypatch.setenv("DURABLE_TQ_GRPC_PORT", "0")
+    assert load_settings(host="0.0.0.0").grpc_address == ("0.0.0.0", 0)
+    with pytest.raises(errors.ConfigError, match="grpc"):
+        load_settings(grpc="no-port")
