@@ -126,6 +126,14 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
+    # gRPC (the grpc extra; docs/grpc.md)
+    grpc: str | None = Field(
+        None, description="HOST:PORT for the gRPC API; enables it (overrides grpc_host/port)."
+    )
+    grpc_enabled: bool = Field(False, description="Serve the gRPC API on grpc_host:grpc_port.")
+    grpc_host: str | None = Field(None, description="gRPC address [default: host].")
+    grpc_port: int = Field(7481, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -178,6 +186,31 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+    @property
+    def grpc_address(self) -> tuple[str, int] | None:
+        """Where the gRPC API listens, or None when it is off."""
+        if self.grpc is not None:
+            return parse_address(self.grpc)
+        if self.grpc_enabled:
+            return (self.grpc_host or self.host, self.grpc_port)
+        return None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
 
 
 SECRET_FIELDS = frozenset({"auth_tokens"})

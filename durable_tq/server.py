@@ -742,6 +742,7 @@ class BrokerServer:
         self.settings = settings
         self.broker = Broker(settings, clock=clock)
         self.port: int = settings.port
+        self.grpc_port: int | None = None  # bound once serve() listens, when gRPC is on
         #: On shutdown: how long connections may take to finish and write what they read.
         self.drain_timeout = settings.drain_timeout
         #: Reply bytes a connection may have waiting to be written before it stops being read.
@@ -822,6 +823,10 @@ class BrokerServer:
             async with anyio.create_task_group() as background:
                 background.start_soon(Sweeper(self.broker).run, name="durable_tq sweeper")
                 background.start_soon(self._trim_memory, name="durable_tq memory trim")
+                if self.settings.grpc_address is not None:
+                    from durable_tq.servers.grpc.listener import serve_grpc
+
+                    self.grpc_port = await background.start(serve_grpc, self, self._shutdown)
                 async with anyio.create_task_group() as connections:
                     self._accept_scope = anyio.CancelScope()
                     connections.start_soon(self._accept, listener, connections)

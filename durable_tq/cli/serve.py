@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +38,14 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR [default: INFO].")
     ] = None,
+    grpc: Annotated[
+        str | None,
+        typer.Option(
+            "--grpc",
+            metavar="HOST:PORT",
+            help="Also serve the gRPC API there (needs durable_tq[grpc]) [default: off].",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker. Settings: flags, then DURABLE_TQ_* variables, then the file, then defaults.
 
@@ -46,13 +55,22 @@ def serve(
     """
     # Bad settings (exit 2) and a port in use (exit 1) end as every command ends: one line.
     settings = config.load_settings(
-        config_file, host=host, port=port, db_path=db, log_level=log_level
+        config_file, host=host, port=port, db_path=db, log_level=log_level, grpc=grpc
     )
+    if settings.grpc_address is not None and importlib.util.find_spec("grpc_health") is None:
+        fail(
+            "the gRPC API needs the grpc extra: pip install 'durable_tq[grpc]'",
+            EXIT_OPERATION_ERROR,
+        )
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
     database = Path(settings.db_path).resolve()
 
     def announce(started: server.BrokerServer) -> None:
         print(f"durable_tq listening on {started.url} (database {database})", flush=True)
+        if started.grpc_port is not None:
+            from durable_tq.servers.grpc.listener import grpc_url
+
+            print(f"durable_tq gRPC on {grpc_url(settings, started.grpc_port)}", flush=True)
 
     try:
         server.run(settings, on_listening=announce)
