@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -23,6 +24,7 @@ from durable_tq.store import Batch, Store
 from durable_tq.waiters import Waiters
 from durable_tq.wire import schema
 from durable_tq.wire.codec import dumps_value
+from durable_tq.wire.ops import OPS, Role
 from durable_tq.wire.schema import Outcome, TaskState, WorkerCommand
 
 log = logging.getLogger("durable_tq.broker")
@@ -42,6 +44,8 @@ class Session:
     greeted: bool = False
     worker_id: str | None = None
     client: str | None = None
+    #: What the hello token may do (every op when the broker has no tokens).
+    role: Role = Role.ADMIN
 
 
 class TaskArgs(Protocol):
@@ -291,8 +295,15 @@ class Broker:
                 f"{schema.PROTOCOL_VERSION}",
                 supported=[schema.PROTOCOL_VERSION],
             )
-        if self.settings.auth_tokens and not self._token_ok(token):
-            raise errors.Unauthorized("missing or wrong token")
+        role = Role.ADMIN
+        if self.settings.auth_tokens:
+            matched = self._token_role(token)
+            if matched is None:
+                raise errors.Unauthorized("missing or wrong token")
+            role = matched
+        if worker is not None and role < Role.WORKER:
+            raise errors.Forbidden("registering a worker needs a worker or admin token")
+        session.role = role
         if worker is not None:
             await self.register_worker(worker)
             session.worker_id = worker.id
@@ -305,12 +316,22 @@ class Broker:
             "heartbeat_interval": self.settings.heartbeat_interval,
         }
 
-    def _token_ok(self, token: str | None) -> bool:
+    def _token_role(self, token: str | None) -> Role | None:
+        """The role of ``token``, or None when it is not one of the configured tokens."""
         # surrogatepass: a token with a lone surrogate is simply wrong, not a crash.
-        given = (token or "").encode("utf-8", "surrogatepass")
+        given = hashlib.sha256((token or "").encode("utf-8", "surrogatepass")).digest()
         # Compare against every token, always, so timing says nothing about which matched.
-        matches = [hmac.compare_digest(given, t.encode()) for t in self.settings.auth_tokens]
-        return token is not None and any(matches)
+        roles = [
+            Role[entry.role.upper()]
+            for entry in self.settings.auth_entries
+            if hmac.compare_digest(given, entry.digest())
+        ]
+        return max(roles) if token is not None and roles else None
+
+    def allowed(self, op: str, session: Session) -> bool:
+        """Whether ``session``'s role may run ``op`` (the op table says what each op needs)."""
+        spec = OPS.get(op)
+        return spec is not None and session.role >= spec.role
 
     async def bye(self, *, session: Session | None = None) -> Result:
         return {}

@@ -384,6 +384,10 @@ class _Connection:
     async def _run_request(self, request_id: protocol.RequestId, request: protocol.Request) -> None:
         op = OPS[request.op]
         try:
+            if not self.broker.allowed(op.name, self.session):
+                needs = f"{op.name} needs a {op.role.name.lower()} token"
+                self._post(codec.error_reply(request_id, errors.Forbidden(needs)))
+                return
             if op.name in LEASING_OPS:
                 await self._run_leasing(request_id, request, op)
                 return
