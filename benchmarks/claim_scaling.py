@@ -384,7 +384,8 @@ def fill_rows(
             created,
             created,
             created,
-            None,
+            None,  # unique_key
+            None,  # concurrency_key
             finished_at,
         )
 

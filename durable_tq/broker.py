@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -17,13 +18,14 @@ from typing import Any, Protocol
 import anyio
 from msgspec import Raw
 
-from durable_tq import errors, queries
+from durable_tq import errors, limits, queries, scheduler
 from durable_tq.clock import BrokerTime, Clock
 from durable_tq.config import Settings
 from durable_tq.store import Batch, Store
 from durable_tq.waiters import Waiters
 from durable_tq.wire import schema
 from durable_tq.wire.codec import dumps_value
+from durable_tq.wire.ops import OPS, Role
 from durable_tq.wire.schema import Outcome, TaskState, WorkerCommand
 
 log = logging.getLogger("durable_tq.broker")
@@ -43,6 +45,8 @@ class Session:
     greeted: bool = False
     worker_id: str | None = None
     client: str | None = None
+    #: What the hello token may do (every op when the broker has no tokens).
+    role: Role = Role.ADMIN
 
 
 class TaskArgs(Protocol):
@@ -64,6 +68,8 @@ class TaskArgs(Protocol):
     def lease(self) -> float | None: ...
     @property
     def unique_key(self) -> str | None: ...
+    @property
+    def concurrency_key(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class TaskSpec:
     max_attempts: int | None = None
     lease: float | None = None
     unique_key: str | None = None
+    concurrency_key: str | None = None
 
 
 class SettleArgs(Protocol):
@@ -137,6 +144,7 @@ class NewTask:
     lease_seconds: float
     run_at: float
     unique_key: str | None
+    concurrency_key: str | None = None
 
 
 def backoff_delay(attempt: int, settings: Settings) -> float:
@@ -222,6 +230,20 @@ def read_stats(conn: sqlite3.Connection, now: float, worker_timeout: float) -> R
     return {"queues": queues, "workers": workers}
 
 
+def token_role(settings: Settings, token: str | None) -> Role | None:
+    """The role of ``token``, or None when it is not one of the configured tokens (every
+    front end asks this: TCP hello, HTTP and gRPC bearer tokens)."""
+    # surrogatepass: a token with a lone surrogate is simply wrong, not a crash.
+    given = hashlib.sha256((token or "").encode("utf-8", "surrogatepass")).digest()
+    # Compare against every token, always, so timing says nothing about which matched.
+    roles = [
+        Role[entry.role.upper()]
+        for entry in settings.auth_entries
+        if hmac.compare_digest(given, entry.digest())
+    ]
+    return max(roles) if token is not None and roles else None
+
+
 class Broker:
     """The queue: enqueue, claim, ack, fail and the rest, durable through :class:`Store`.
 
@@ -248,6 +270,11 @@ class Broker:
         self.next_due: float = float("inf")
         self.due_changed = anyio.Event()
         self._worker_sessions: Counter[str] = Counter()
+        #: Per-queue limits (durable_tq.limits); ``limited`` names the queues whose claims go
+        #: through them, ``buckets`` holds the rate limits' tokens (memory only).
+        self.limits: dict[str, limits.QueueLimits] = {}
+        self.limited: set[str] = set()
+        self.buckets: dict[str, limits.TokenBucket] = {}
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -267,6 +294,10 @@ class Broker:
         queues = await self.store.read(lambda conn: conn.execute(queries.QUEUES).fetchall())
         self.known_queues = {name for name, _ in queues}
         self.paused = {name for name, paused in queues if paused}
+        for name, *values in await self.store.read(
+            lambda conn: conn.execute(queries.QUEUE_LIMITS).fetchall()
+        ):
+            self._set_limits(name, limits.QueueLimits(*values))
 
     async def close(self) -> None:
         await self.store.close()
@@ -301,8 +332,15 @@ class Broker:
                 f"{schema.PROTOCOL_VERSION}",
                 supported=[schema.PROTOCOL_VERSION],
             )
-        if self.settings.auth_tokens and not self._token_ok(token):
-            raise errors.Unauthorized("missing or wrong token")
+        role = Role.ADMIN
+        if self.settings.auth_tokens:
+            matched = self._token_role(token)
+            if matched is None:
+                raise errors.Unauthorized("missing or wrong token")
+            role = matched
+        if worker is not None and role < Role.WORKER:
+            raise errors.Forbidden("registering a worker needs a worker or admin token")
+        session.role = role
         if worker is not None:
             await self.register_worker(worker)
             session.worker_id = worker.id
@@ -315,12 +353,13 @@ class Broker:
             "heartbeat_interval": self.settings.heartbeat_interval,
         }
 
-    def _token_ok(self, token: str | None) -> bool:
-        # surrogatepass: a token with a lone surrogate is simply wrong, not a crash.
-        given = (token or "").encode("utf-8", "surrogatepass")
-        # Compare against every token, always, so timing says nothing about which matched.
-        matches = [hmac.compare_digest(given, t.encode()) for t in self.settings.auth_tokens]
-        return token is not None and any(matches)
+    def _token_role(self, token: str | None) -> Role | None:
+        return token_role(self.settings, token)
+
+    def allowed(self, op: str, session: Session) -> bool:
+        """Whether ``session``'s role may run ``op`` (the op table says what each op needs)."""
+        spec = OPS.get(op)
+        return spec is not None and session.role >= spec.role
 
     async def bye(self, *, session: Session | None = None) -> Result:
         return {}
@@ -373,6 +412,7 @@ class Broker:
             lease_seconds=self._lease(args.lease) or self.settings.default_lease,
             run_at=run_at,
             unique_key=args.unique_key,
+            concurrency_key=args.concurrency_key,
         )
 
     def _lease(self, lease: float | None) -> float | None:
@@ -426,6 +466,7 @@ class Broker:
                 now,
                 now,
                 task.unique_key,
+                task.concurrency_key,
             ),
         )
         if task.queue not in self.known_queues:  # noted as known once committed
@@ -444,11 +485,15 @@ class Broker:
         max_attempts: int | None = None,
         lease: float | None = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         *,
         session: Session | None = None,
     ) -> Result:
         now = self.now()
-        spec = TaskSpec(queue, payload, priority, delay, run_at, max_attempts, lease, unique_key)
+        spec = TaskSpec(
+            queue, payload, priority, delay, run_at, max_attempts, lease, unique_key,
+            concurrency_key,
+        )  # fmt: skip
         task = self._new_task(spec, now)
         # Atomic (no savepoint): everything that can refuse it runs before its INSERT; only a
         # new queue adds a second statement.
@@ -548,6 +593,8 @@ class Broker:
                 remaining = deadline - time.monotonic()
                 if tasks or waiter is None or remaining <= 0:
                     return tasks
+                # A rate-limited queue wakes its claims when its bucket has a token again.
+                remaining = min(remaining, self._next_token_in(queues))
                 with anyio.move_on_after(remaining):
                     await waiter.event.wait()
         finally:
@@ -595,7 +642,9 @@ class Broker:
                     return []
         now = self.now()
         params: dict[str, Any] = {"now": now, "lease": lease, "worker_id": worker_id}
-        if len(queues) == 1:
+        if not self.limited.isdisjoint(queues):
+            rows = self._lease_limited(conn, batch, queues, limit, params)
+        elif len(queues) == 1:
             params.update(queue=queues[0], limit=limit)
             rows = conn.execute(queries.LEASE_BEST_OF_QUEUE, params).fetchall()
         else:
@@ -706,6 +755,8 @@ class Broker:
                 self._schedule_wakeup(run_at)
             elif state == TaskState.QUEUED:
                 ready[queue] += 1
+            if queue in self.limited:  # a lease ended: room under max_leased or a key's limit
+                ready[queue] += 1
         if ready:
             self.notify_ready(ready)
 
@@ -718,10 +769,11 @@ class Broker:
         session: Session | None = None,
     ) -> Result:
         text = result_text(result)
-        await self.store.write(
+        returned = await self.store.write(
             lambda conn, batch: self._ack_row(conn, batch, task_id, lease_token, text),
             atomic=True,
         )
+        self._after_return([returned])
         return {}
 
     async def fail(
@@ -949,6 +1001,9 @@ class Broker:
     async def stats(self, *, session: Session | None = None) -> Result:
         timeout = self.settings.worker_timeout
         result = await self.store.read(lambda conn: read_stats(conn, self.now(), timeout))
+        for name, queue_limits in self.limits.items():  # additive: each limited queue's limits
+            if name in result["queues"]:
+                result["queues"][name]["limits"] = queue_limits.to_wire()
         result["connections"] = self.connections
         # Optional (PROTOCOL.md allows additions): the group-commit writer's counters.
         result["store"] = dataclasses.asdict(self.store.stats)
@@ -1069,6 +1124,123 @@ class Broker:
         count = await self.store.write(purge, heavy=True)
         log.info("purged %d tasks of queue %s", count, queue)
         return {"count": count}
+
+    # --- schedules (durable_tq.scheduler) -----------------------------------------------------
+
+    async def schedule_upsert(
+        self,
+        name: str,
+        queue: str,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: float | None = None,
+        payload: Raw | str = "null",
+        priority: int = 0,
+        missed: str = "latest",
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        spec = scheduler.spec_from_args(name, queue, cron, tz, every, payload, priority, missed)
+        return await scheduler.schedule_upsert(self, spec)
+
+    async def schedule_list(self, *, session: Session | None = None) -> Result:
+        return await scheduler.schedule_list(self)
+
+    async def schedule_remove(self, name: str, *, session: Session | None = None) -> Result:
+        return await scheduler.schedule_remove(self, name)
+
+    async def schedule_pause(self, name: str, *, session: Session | None = None) -> Result:
+        return await scheduler.schedule_set_paused(self, name, True)
+
+    async def schedule_resume(self, name: str, *, session: Session | None = None) -> Result:
+        return await scheduler.schedule_set_paused(self, name, False)
+
+    # --- queue limits (durable_tq.limits) -----------------------------------------------------
+
+    def _set_limits(self, queue: str, queue_limits: limits.QueueLimits) -> None:
+        old = self.limits.get(queue)
+        self.limits[queue] = queue_limits
+        if queue_limits.limited:
+            self.limited.add(queue)
+        else:
+            self.limited.discard(queue)
+        if queue_limits.rate is None:
+            self.buckets.pop(queue, None)
+        elif old is None or (old.rate, old.burst) != (queue_limits.rate, queue_limits.burst):
+            self.buckets[queue] = limits.TokenBucket(
+                queue_limits.rate, queue_limits.burst, time.monotonic()
+            )
+
+    def _next_token_in(self, queues: Sequence[str]) -> float:
+        """Seconds until a rate-limited queue among ``queues`` has a token (inf: none is)."""
+        if not self.buckets:
+            return float("inf")
+        now = time.monotonic()
+        waits = [self.buckets[q].next_token_in(now) for q in queues if q in self.buckets]
+        # Limits other than the rate free up when a lease ends (_after_return wakes us); a
+        # second's re-check covers leases that end in the sweeper.
+        if any(q in self.limited for q in queues):
+            waits.append(1.0)
+        return max(min(waits, default=float("inf")), 0.001)
+
+    def _lease_limited(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        queues: Sequence[str],
+        limit: int,
+        params: dict[str, Any],
+    ) -> Any:
+        """Lease across ``queues`` when some have limits: the best tasks each queue lets out."""
+        now = time.monotonic()
+        ids = limits.pick_across(conn, batch, queues, limit, self.limits, self.buckets, now)
+        if not ids:
+            return []
+        params["ids"] = json.dumps(ids)
+        rows = conn.execute(queries.LEASE_IDS, params).fetchall()
+        limits.take_tokens(self.buckets, [r[1] for r in rows], now)
+        return rows
+
+    async def set_queue_limits(
+        self,
+        queue: str,
+        rate: float | None = None,
+        burst: int | None = None,
+        max_leased: int | None = None,
+        key_concurrency: int | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        new = self.limits.get(queue, limits.QueueLimits()).updated(
+            rate=rate, burst=burst, max_leased=max_leased, key_concurrency=key_concurrency
+        )
+        params = {"queue": queue, **new.to_wire()}
+        await self.store.write(
+            lambda conn, batch: conn.execute(queries.SET_QUEUE_LIMITS, params), atomic=True
+        )
+        self.known_queues.add(queue)
+        self._set_limits(queue, new)
+        self.waiters.notify_all(queue)  # looser limits take effect at once
+        log.info("queue %s limits: %s", queue, new)
+        return await self.queue_info(queue)
+
+    async def queue_info(self, queue: str, *, session: Session | None = None) -> Result:
+        def read(conn: sqlite3.Connection) -> tuple[Any, Any]:
+            row = conn.execute(queries.QUEUE_LIMITS + " WHERE name = ?", (queue,)).fetchone()
+            return row, conn.execute(queries.QUEUE_COUNTS_OF, (queue,)).fetchall()
+
+        row, counts = await self.store.read(read)
+        if row is None and not counts:
+            raise errors.NotFound(f"queue {queue!r} does not exist")
+        bucket = self.buckets.get(queue)
+        queue_limits = self.limits.get(queue, limits.QueueLimits())
+        return {
+            "queue": queue,
+            "paused": queue in self.paused,
+            "limits": queue_limits.to_wire(),
+            "counts": {state.value: 0 for state in TaskState} | dict(counts),
+            "tokens": None if bucket is None else bucket.available(time.monotonic()),
+        }
 
 
 #: What ending a lease did: (new state, run_at or None, queue).

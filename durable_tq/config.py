@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,6 +31,35 @@ class Synchronous(StrEnum):
     NORMAL = "NORMAL"
 
 
+TokenRole = Literal["producer", "worker", "admin"]
+
+
+class AuthToken(BaseModel):
+    """One accepted token and what it may do: ``token`` itself, or the ``sha256`` hex of it
+    (so the config file need not hold the secret), and its ``role``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    role: TokenRole = "admin"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AuthToken:
+        if (self.token is None) == (self.sha256 is None):
+            raise ValueError("give token or sha256, not both and not neither")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("token is empty or blank, which would let anyone in")
+        return self
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the token, which is what the broker compares."""
+        if self.sha256 is not None:
+            return bytes.fromhex(self.sha256)
+        assert self.token is not None
+        return hashlib.sha256(self.token.encode("utf-8", "surrogatepass")).digest()
+
+
 class Settings(BaseSettings):
     """Every knob the broker has. Durations are seconds."""
 
@@ -42,9 +72,10 @@ class Settings(BaseSettings):
     port: int = Field(7480, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
-    auth_tokens: Annotated[list[str], NoDecode] = Field(
+    auth_tokens: Annotated[list[str | AuthToken], NoDecode] = Field(
         default_factory=list,
-        description="Accepted hello tokens; empty means no auth. In the environment: a,b,c.",
+        description="Accepted hello tokens; empty means no auth. A plain token is admin; "
+        "{token or sha256, role} entries give a role. In the environment: a,b,c or JSON.",
     )
     max_connections: int = Field(1024, ge=1, description="Open connections at most.")
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="Longest request line.")
@@ -158,11 +189,25 @@ class Settings(BaseSettings):
             return [token.strip() for token in value.split(",")]
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auth_table(cls, data: Any) -> Any:
+        # TOML may say [[auth.tokens]] (an ``auth`` table) for auth_tokens.
+        if isinstance(data, dict) and "auth" in data:
+            data = dict(data)
+            auth = data.pop("auth")
+            if not isinstance(auth, dict) or set(auth) - {"tokens"}:
+                raise ValueError("auth: the auth table holds only tokens ([[auth.tokens]])")
+            if "auth_tokens" in data:
+                raise ValueError("give auth_tokens or [[auth.tokens]], not both")
+            data["auth_tokens"] = auth.get("tokens", [])
+        return data
+
     @field_validator("auth_tokens")
     @classmethod
-    def _no_empty_token(cls, tokens: list[str]) -> list[str]:
+    def _no_empty_token(cls, tokens: list[str | AuthToken]) -> list[str | AuthToken]:
         # An empty token would let in every client that sends none, or an empty one.
-        blank = [n for n, token in enumerate(tokens) if not token.strip()]
+        blank = [n for n, t in enumerate(tokens) if isinstance(t, str) and not t.strip()]
         if blank:
             raise ValueError(
                 f"token {blank[0] + 1} of {len(tokens)} is empty or blank, which would let "
@@ -186,6 +231,18 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def auth_entries(self) -> list[AuthToken]:
+        """Every accepted token with its role (a plain string is an admin token)."""
+        return [
+            AuthToken(token=entry) if isinstance(entry, str) else entry
+            for entry in self.auth_tokens
+        ]
+
+    def first_token(self) -> str | None:
+        """A token a local client can send (the first one whose secret is in the settings)."""
+        return next((entry.token for entry in self.auth_entries if entry.token), None)
 
     @field_validator("grpc")
     @classmethod

@@ -8,6 +8,7 @@
     │   ├── UnsupportedVersion          unsupported_version   (closes the connection)
     │   └── FrameTooLarge               frame_too_large       (closes the connection)
     ├── Unauthorized                    unauthorized          (closes the connection)
+    ├── Forbidden                       forbidden: the token's role does not allow the op
     ├── NotFound                        not_found
     ├── LeaseLost                       lease_lost
     ├── Conflict                        conflict
@@ -74,6 +75,12 @@ class FrameTooLarge(ProtocolError):
 class Unauthorized(DurableTQError):
     code = "unauthorized"
     closes_connection = True
+
+
+class Forbidden(DurableTQError):
+    """The session's token has a role that does not allow this op; the connection stays open."""
+
+    code = "forbidden"
 
 
 class NotFound(DurableTQError):
@@ -144,6 +151,7 @@ _BY_CODE: dict[str, type[DurableTQError]] = {
         UnsupportedVersion,
         FrameTooLarge,
         Unauthorized,
+        Forbidden,
         NotFound,
         LeaseLost,
         Conflict,

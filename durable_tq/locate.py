@@ -121,8 +121,7 @@ def locate_broker(
 
     token = token or env.get(TOKEN_ENV) or None
     if token is None and "@" not in url.split("//", 1)[-1]:
-        tokens = loaded().auth_tokens
-        token = tokens[0] if tokens else None
+        token = loaded().first_token()
 
     ssl_context = None
     if url.startswith("tls://"):

@@ -20,8 +20,8 @@ WHERE queue = ? AND state IN ('scheduled', 'queued')
 
 INSERT_TASK = """
 INSERT INTO tasks (queue, state, payload, priority, max_attempts, lease_seconds, run_at,
-                   created_at, updated_at, unique_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   created_at, updated_at, unique_key, concurrency_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_QUEUE = "INSERT OR IGNORE INTO queues (name) VALUES (?)"
@@ -243,3 +243,95 @@ DELETE FROM workers WHERE connected = 0 AND last_heartbeat <= :cutoff
 
 NEXT_DUE = "SELECT min(run_at) FROM tasks WHERE state = 'scheduled'"
 NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"
+
+# --- queue limits (durable_tq.limits) -----------------------------------------------------------
+
+QUEUE_STATE_COUNT = "SELECT n FROM queue_counts WHERE queue = ? AND state = ?"
+
+QUEUE_LIMITS = "SELECT name, rate, burst, max_leased, key_concurrency FROM queues"
+
+SET_QUEUE_LIMITS = """
+INSERT INTO queues (name, rate, burst, max_leased, key_concurrency)
+VALUES (:queue, :rate, :burst, :max_leased, :key_concurrency)
+ON CONFLICT (name) DO UPDATE SET rate = excluded.rate, burst = excluded.burst,
+    max_leased = excluded.max_leased, key_concurrency = excluded.key_concurrency
+"""
+
+QUEUE_COUNTS_OF = "SELECT state, n FROM queue_counts WHERE queue = ?"
+
+# Leased tasks per key of a queue, through tasks_leased_by_key (at most the limits' worth).
+LEASED_BY_KEY = """
+SELECT concurrency_key, count(*) FROM tasks
+WHERE state = 'leased' AND queue = ? AND concurrency_key IS NOT NULL
+GROUP BY concurrency_key
+"""
+
+# The distinct keys with ready tasks: one seek of tasks_ready_by_key per key, so however many
+# tasks wait behind a key, it costs one step.
+READY_KEYS = """
+WITH RECURSIVE keys(k) AS (
+    SELECT (SELECT concurrency_key FROM tasks
+            WHERE state = 'queued' AND queue = :queue AND concurrency_key IS NOT NULL
+            ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT concurrency_key FROM tasks
+            WHERE state = 'queued' AND queue = :queue AND concurrency_key > keys.k
+            ORDER BY concurrency_key LIMIT 1)
+    FROM keys WHERE keys.k IS NOT NULL
+)
+SELECT k FROM keys WHERE k IS NOT NULL
+"""
+
+READY_OF_KEY = """
+SELECT id, priority FROM tasks INDEXED BY tasks_ready_by_key
+WHERE state = 'queued' AND queue = ? AND concurrency_key = ?
+ORDER BY priority DESC, id LIMIT ?
+"""
+
+READY_UNKEYED = """
+SELECT id, priority FROM tasks INDEXED BY tasks_ready_by_key
+WHERE state = 'queued' AND queue = ? AND concurrency_key IS NULL
+ORDER BY priority DESC, id LIMIT ?
+"""
+
+# --- schedules (durable_tq.scheduler) ---------------------------------------------------------
+
+SCHEDULE_COLUMNS = (
+    "name, queue, cron, tz, every, anchor, payload, priority, missed, paused, next_run_at,"
+    " last_slot, created_at, updated_at"
+)
+
+GET_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
+LIST_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+
+UPSERT_SCHEDULE = """
+INSERT INTO schedules (name, queue, cron, tz, every, anchor, payload, priority, missed,
+                       next_run_at, created_at, updated_at)
+VALUES (:name, :queue, :cron, :tz, :every, :anchor, :payload, :priority, :missed,
+        :next_run_at, :now, :now)
+ON CONFLICT (name) DO UPDATE SET
+    queue = excluded.queue, cron = excluded.cron, tz = excluded.tz, every = excluded.every,
+    anchor = excluded.anchor, payload = excluded.payload, priority = excluded.priority,
+    missed = excluded.missed, next_run_at = excluded.next_run_at, updated_at = excluded.updated_at
+"""
+
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = ?"
+
+SET_SCHEDULE_PAUSED = """
+UPDATE schedules SET paused = :paused, next_run_at = coalesce(:next_run_at, next_run_at),
+    updated_at = :now
+WHERE name = :name
+"""
+
+DUE_SCHEDULES = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_run_at <= ?
+ORDER BY next_run_at LIMIT ?
+"""
+
+ADVANCE_SCHEDULE = """
+UPDATE schedules SET next_run_at = :next_run_at, last_slot = coalesce(:slot, last_slot),
+    updated_at = :now
+WHERE name = :name AND next_run_at = :due_at
+"""
+
+NEXT_SCHEDULE = "SELECT min(next_run_at) FROM schedules WHERE paused = 0"

@@ -428,6 +428,10 @@ class _Connection:
             # A reply is built only while this connection's unwritten replies are within
             # bounds: that, not the check before reading, is what bounds its memory.
             await self._writable()
+            if not self.broker.allowed(op.name, self.session):
+                needs = f"{op.name} needs a {op.role.name.lower()} token"
+                self._post(codec.error_reply(request_id, errors.Forbidden(needs)))
+                return
             if op.name in LEASING_OPS:
                 await self._run_leasing(request_id, request, op)
                 return

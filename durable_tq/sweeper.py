@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from durable_tq import errors, queries
+from durable_tq import errors, queries, scheduler
 from durable_tq.broker import Broker
 from durable_tq.config import Settings
 from durable_tq.store import Batch
@@ -90,6 +90,8 @@ class Sweeper:
         )
         broker.next_due = min(broker.next_due, result.next_due)
         broker.notify_ready(result.ready)
+        # Due schedules fire in their own transaction (each slot with its task, exactly once).
+        await scheduler.fire_schedules(broker, now)
         self.sweeps += 1
         if result.expired or result.dead or result.due or result.deleted:
             log.info(

@@ -46,7 +46,7 @@ def _insert(conn: sqlite3.Connection, schema: str, payload: str, rows: int) -> N
         conn.executemany(_PLAIN_INSERT, [("limits", payload, now)] * rows)
         return
     # What Broker._insert runs for a plain enqueue: the task row, then its queue's row.
-    task = ("limits", "queued", payload, 0, 5, 30.0, now, now, now, None)
+    task = ("limits", "queued", payload, 0, 5, 30.0, now, now, now, None, None)
     conn.executemany(queries.INSERT_TASK, [task] * rows)
     conn.execute(queries.INSERT_QUEUE, ("limits",))
 

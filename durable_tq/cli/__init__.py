@@ -6,7 +6,7 @@ import os
 import sys
 
 # Each import registers its commands on ``app``.
-from durable_tq.cli import admin, bench, ops, serve, tasks, torture, worker  # noqa: F401
+from durable_tq.cli import admin, bench, ops, schedule, serve, tasks, torture, worker  # noqa: F401
 from durable_tq.cli._app import DEBUG_ENV, app
 
 

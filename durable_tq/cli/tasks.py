@@ -526,6 +526,14 @@ def enqueue(
             show_default=False,
         ),
     ] = None,
+    concurrency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--concurrency-key",
+            help="The queue's --key-concurrency limits tasks with the same key.",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -551,7 +559,12 @@ def enqueue(
     if (payload_json is None) == (from_file is None):
         raise UsageError("give PAYLOAD_JSON or --from FILE.jsonl (one of them)")
     options: dict[str, Any] = {"priority": priority}
-    for name, value in (("delay", delay), ("max_attempts", max_attempts), ("lease", lease)):
+    for name, value in (
+        ("delay", delay),
+        ("max_attempts", max_attempts),
+        ("lease", lease),
+        ("concurrency_key", concurrency_key),
+    ):
         if value is not None:
             options[name] = value
     if from_file is not None:

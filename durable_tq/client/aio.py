@@ -275,9 +275,11 @@ class AsyncClient:
         max_attempts: int | None = None,
         lease: float | None = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
-        """Add a task. ``payload`` is any JSON-able object; higher ``priority`` runs first."""
+        """Add a task. ``payload`` is any JSON-able object; higher ``priority`` runs first.
+        ``concurrency_key``: the queue's ``key_concurrency`` limits tasks with the same key."""
         args = {"queue": queue, "payload": payload, "priority": priority}
         args.update(
             present(
@@ -286,6 +288,7 @@ class AsyncClient:
                 max_attempts=max_attempts,
                 lease=lease,
                 unique_key=unique_key,
+                concurrency_key=concurrency_key,
             )
         )
         result: EnqueueResult = await self._call("enqueue", args, timeout)
@@ -505,6 +508,67 @@ class AsyncClient:
             task_ids=list(task_ids) if task_ids is not None else None, queue=queue, state=state
         )
         reply: s.RequeueReply = await self._call("requeue", args, timeout)
+        return reply
+
+    # --- schedules and queue limits ---------------------------------------------------------
+
+    async def schedule_upsert(
+        self,
+        name: str,
+        *,
+        queue: str,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: float | None = None,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "latest",
+        timeout: float | None = None,
+    ) -> s.ScheduleUpsertReply:
+        """Create or update a schedule (``cron`` with optional ``tz``, or ``every`` seconds).
+        The same spec again changes nothing; a changed one recomputes the next run."""
+        args: dict[str, Any] = {"name": name, "queue": queue, "payload": payload}
+        args.update(present(cron=cron, tz=tz, every=every, priority=priority, missed=missed))
+        reply: s.ScheduleUpsertReply = await self._call("schedule_upsert", args, timeout)
+        return reply
+
+    async def schedule_list(self, *, timeout: float | None = None) -> list[s.ScheduleInfo]:
+        """Every schedule, with its next run time."""
+        reply: s.ScheduleListReply = await self._call("schedule_list", {}, timeout)
+        return reply.schedules
+
+    async def schedule_remove(self, name: str, *, timeout: float | None = None) -> None:
+        await self._line("schedule_remove", {"name": name}, timeout)
+
+    async def schedule_pause(self, name: str, *, timeout: float | None = None) -> s.ScheduleInfo:
+        reply: s.ScheduleReply = await self._call("schedule_pause", {"name": name}, timeout)
+        return reply.schedule
+
+    async def schedule_resume(self, name: str, *, timeout: float | None = None) -> s.ScheduleInfo:
+        reply: s.ScheduleReply = await self._call("schedule_resume", {"name": name}, timeout)
+        return reply.schedule
+
+    async def set_queue_limits(
+        self,
+        queue: str,
+        *,
+        rate: float | None = None,
+        burst: int | None = None,
+        max_leased: int | None = None,
+        key_concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> s.QueueInfoReply:
+        """Set a queue's limits (left out: kept; 0: removed); ``rate`` is tasks per second."""
+        args: dict[str, Any] = {"queue": queue}
+        args.update(
+            present(rate=rate, burst=burst, max_leased=max_leased, key_concurrency=key_concurrency)
+        )
+        reply: s.QueueInfoReply = await self._call("set_queue_limits", args, timeout)
+        return reply
+
+    async def queue_info(self, queue: str, *, timeout: float | None = None) -> s.QueueInfoReply:
+        """A queue's limits, counts and rate tokens."""
+        reply: s.QueueInfoReply = await self._call("queue_info", {"queue": queue}, timeout)
         return reply
 
     async def pause(self, queue: str, *, timeout: float | None = None) -> None:

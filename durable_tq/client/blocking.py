@@ -166,6 +166,7 @@ class Client:
         max_attempts: int | None = None,
         lease: float | None = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
         return self._call(
@@ -178,6 +179,7 @@ class Client:
             max_attempts=max_attempts,
             lease=lease,
             unique_key=unique_key,
+            concurrency_key=concurrency_key,
             timeout=timeout,
         )
 
@@ -307,6 +309,67 @@ class Client:
         return self._call(
             self._async.requeue_report, task_ids, queue=queue, state=state, timeout=timeout
         )
+
+    def schedule_upsert(
+        self,
+        name: str,
+        *,
+        queue: str,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: float | None = None,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "latest",
+        timeout: float | None = None,
+    ) -> s.ScheduleUpsertReply:
+        return self._call(
+            self._async.schedule_upsert,
+            name,
+            queue=queue,
+            cron=cron,
+            tz=tz,
+            every=every,
+            payload=payload,
+            priority=priority,
+            missed=missed,
+            timeout=timeout,
+        )
+
+    def schedule_list(self, *, timeout: float | None = None) -> list[s.ScheduleInfo]:
+        return self._call(self._async.schedule_list, timeout=timeout)
+
+    def schedule_remove(self, name: str, *, timeout: float | None = None) -> None:
+        self._call(self._async.schedule_remove, name, timeout=timeout)
+
+    def schedule_pause(self, name: str, *, timeout: float | None = None) -> s.ScheduleInfo:
+        return self._call(self._async.schedule_pause, name, timeout=timeout)
+
+    def schedule_resume(self, name: str, *, timeout: float | None = None) -> s.ScheduleInfo:
+        return self._call(self._async.schedule_resume, name, timeout=timeout)
+
+    def set_queue_limits(
+        self,
+        queue: str,
+        *,
+        rate: float | None = None,
+        burst: int | None = None,
+        max_leased: int | None = None,
+        key_concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> s.QueueInfoReply:
+        return self._call(
+            self._async.set_queue_limits,
+            queue,
+            rate=rate,
+            burst=burst,
+            max_leased=max_leased,
+            key_concurrency=key_concurrency,
+            timeout=timeout,
+        )
+
+    def queue_info(self, queue: str, *, timeout: float | None = None) -> s.QueueInfoReply:
+        return self._call(self._async.queue_info, queue, timeout=timeout)
 
     def pause(self, queue: str, *, timeout: float | None = None) -> None:
         self._call(self._async.pause, queue, timeout=timeout)

@@ -139,6 +139,7 @@ class EnqueueRequest(BaseModel):
     max_attempts: int | None = None
     lease: float | None = None
     unique_key: str | None = None
+    concurrency_key: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``enqueue`` argument object: ``payload`` always, other None values left out."""
@@ -151,6 +152,7 @@ class EnqueueRequest(BaseModel):
                 max_attempts=self.max_attempts,
                 lease=self.lease,
                 unique_key=self.unique_key,
+                concurrency_key=self.concurrency_key,
             )
         )
         wire.update(present(**(self.model_extra or {})))

@@ -99,6 +99,20 @@ OPS: dict[str, Op] = {
             summary="Tell a worker to keep running, go quiet or terminate."),
         _op(s.Bye, s.Empty, writes=False, resend_safe=True, role=P,
             summary="End the session; the broker closes the connection."),
+        _op(s.ScheduleUpsert, s.ScheduleUpsertReply, writes=True, resend_safe=True, role=A,
+            summary="Create or update a schedule (cron or interval); same spec: no change."),
+        _op(s.ScheduleList, s.ScheduleListReply, writes=False, resend_safe=True, role=P,
+            summary="Every schedule with its next run time."),
+        _op(s.ScheduleRemove, s.Empty, writes=True, resend_safe=True, role=A,
+            summary="Delete a schedule."),
+        _op(s.SchedulePause, s.ScheduleReply, writes=True, resend_safe=True, role=A,
+            summary="Stop a schedule from firing."),
+        _op(s.ScheduleResume, s.ScheduleReply, writes=True, resend_safe=True, role=A,
+            summary="Let a paused schedule fire again, from its next slot after now."),
+        _op(s.SetQueueLimits, s.QueueInfoReply, writes=True, resend_safe=True, role=A,
+            summary="Set a queue's rate, burst, max leased and per-key concurrency."),
+        _op(s.QueueInfo, s.QueueInfoReply, writes=False, resend_safe=True, role=P,
+            summary="A queue's limits, counts and rate tokens."),
     ]
 }  # fmt: skip
 

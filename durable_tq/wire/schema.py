@@ -109,6 +109,8 @@ class Enqueue(Request, tag="enqueue", frozen=True):
     max_attempts: Attempts | None = None
     lease: PositiveSeconds | None = None
     unique_key: UniqueKey | None = None
+    #: At most the queue's key_concurrency tasks with the same key are leased at once.
+    concurrency_key: UniqueKey | None = None
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -128,6 +130,7 @@ class EnqueueItem(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     max_attempts: Attempts | None = None
     lease: PositiveSeconds | None = None
     unique_key: UniqueKey | None = None
+    concurrency_key: UniqueKey | None = None
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -265,6 +268,61 @@ class Bye(Request, tag="bye", frozen=True):
     pass
 
 
+# --- schedules and queue limits (issue 15; additive to v1) ------------------------------------
+
+ScheduleName = Annotated[str, Meta(min_length=1, max_length=200)]
+CronExpression = Annotated[str, Meta(min_length=1, max_length=200)]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=100)]
+Limit = Annotated[int, Meta(ge=1, le=1_000_000_000)]
+
+
+class ScheduleUpsert(Request, tag="schedule_upsert", frozen=True):
+    """Create or update a schedule; the same spec again changes nothing (next run kept)."""
+
+    name: ScheduleName
+    queue: QueueName
+    cron: CronExpression | None = None
+    tz: ZoneName | None = None
+    every: Annotated[float, Meta(ge=1, le=MAX_SECONDS)] | None = None
+    payload: Raw = NULL
+    priority: Priority = 0
+    missed: Literal["latest", "none"] = "latest"
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give cron or every, not both and not neither")
+
+
+class ScheduleList(Request, tag="schedule_list", frozen=True):
+    pass
+
+
+class ScheduleRemove(Request, tag="schedule_remove", frozen=True):
+    name: ScheduleName
+
+
+class SchedulePause(Request, tag="schedule_pause", frozen=True):
+    name: ScheduleName
+
+
+class ScheduleResume(Request, tag="schedule_resume", frozen=True):
+    name: ScheduleName
+
+
+class SetQueueLimits(Request, tag="set_queue_limits", frozen=True):
+    """Set a queue's limits; a field left out keeps its value, ``0`` removes that limit."""
+
+    queue: QueueName
+    rate: Annotated[float, Meta(ge=0, le=1e9)] | None = None  # tasks per second
+    burst: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None
+    max_leased: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None
+    key_concurrency: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None
+
+
+class QueueInfo(Request, tag="queue_info", frozen=True):
+    queue: QueueName
+
+
 AnyRequest = (
     Hello
     | Enqueue
@@ -287,6 +345,13 @@ AnyRequest = (
     | Workers
     | WorkerState
     | Bye
+    | ScheduleUpsert
+    | ScheduleList
+    | ScheduleRemove
+    | SchedulePause
+    | ScheduleResume
+    | SetQueueLimits
+    | QueueInfo
 )
 
 
@@ -447,3 +512,49 @@ class WorkerInfo(Reply):
 
 class WorkersReply(Reply):
     workers: list[WorkerInfo]
+
+
+class ScheduleInfo(Reply):
+    name: str
+    queue: str
+    cron: str | None
+    tz: str | None
+    every: float | None
+    payload: Any
+    priority: int
+    missed: str
+    paused: bool
+    next_run_at: float
+    last_slot: float | None
+    created_at: float
+    updated_at: float
+
+
+class ScheduleUpsertReply(Reply):
+    schedule: ScheduleInfo
+    #: "created", "updated" (spec changed: next run recomputed) or "unchanged".
+    change: str
+
+
+class ScheduleListReply(Reply):
+    schedules: list[ScheduleInfo]
+
+
+class ScheduleReply(Reply):
+    schedule: ScheduleInfo
+
+
+class QueueLimits(Reply):
+    rate: float | None = None
+    burst: int | None = None
+    max_leased: int | None = None
+    key_concurrency: int | None = None
+
+
+class QueueInfoReply(Reply):
+    queue: str
+    paused: bool
+    limits: QueueLimits
+    counts: QueueStats
+    #: Tokens in the rate bucket now (null without a rate).
+    tokens: float | None = None

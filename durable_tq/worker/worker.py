@@ -20,7 +20,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from pydantic import JsonValue
 
-from durable_tq import errors, locate
+from durable_tq import errors, locate, schedules
 from durable_tq.client import (
     CLIENT_NAME,
     AsyncClient,
@@ -55,6 +55,20 @@ def _queue_tuple(queues: Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise errors.ConfigError("queues must name at least one queue")
     return names
+
+
+@dataclass(frozen=True)
+class PeriodicSpec:
+    """A schedule a worker registers when it connects (``Worker.periodic``)."""
+
+    name: str
+    queue: str
+    cron: str | None
+    tz: str | None
+    every: float | None
+    payload: Any
+    priority: int
+    missed: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +226,7 @@ class Worker:
         )
         self._client = client
         self._tasks: dict[str, Task] = {}
+        self._periodic: dict[str, PeriodicSpec] = {}
         self._runtime: Runtime | None = None
         self._executor: Executor | None = None  # of the last run: its abandoned threads
         self._loop_thread: int | None = None
@@ -302,6 +317,69 @@ class Worker:
             return task
 
         return register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        queue: str,
+        every: float | str | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "latest",
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task]:
+        """Run the decorated function on a schedule: ``cron`` (5 fields, in ``tz``) or
+        ``every`` (seconds, or ``"30s"``, ``"5m"``...). It becomes the handler of ``queue``
+        (``task_options`` as for :meth:`task`) and its schedule (named ``name``, default the
+        queue) is upserted on the broker when the worker connects: the same spec again changes
+        nothing, so any number of workers may register it. The broker fires it, not the
+        worker; registering needs an admin token (a refusal is logged, the worker runs on)."""
+        try:  # a bad spec fails at import time, not when the broker refuses it
+            seconds = schedules.parse_every(every) if isinstance(every, str) else every
+            schedules.Timing(cron=cron, tz=tz, every=seconds)
+        except errors.BadRequest as exc:
+            raise errors.ConfigError(f"periodic task on {queue!r}: {exc.message}") from None
+        if missed not in schedules.MISSED_POLICIES:
+            raise errors.ConfigError(f"missed: {missed!r} is not one of latest, none")
+        spec = PeriodicSpec(name or queue, queue, cron, tz, seconds, payload, priority, missed)
+        as_task = self.task(queue, **task_options)
+
+        def register(fn: Callable[..., Any]) -> Task:
+            task = as_task(fn)
+            self._periodic[spec.name] = spec
+            return task
+
+        return register
+
+    @property
+    def periodic_specs(self) -> Mapping[str, PeriodicSpec]:
+        return dict(self._periodic)
+
+    async def _register_schedules(self, client: AsyncClient) -> None:
+        for spec in self._periodic.values():
+            try:
+                reply = await client.schedule_upsert(
+                    spec.name,
+                    queue=spec.queue,
+                    cron=spec.cron,
+                    tz=spec.tz,
+                    every=spec.every,
+                    payload=spec.payload,
+                    priority=spec.priority,
+                    missed=spec.missed,
+                )
+            except errors.DurableTQError as exc:
+                logger.error("schedule %s could not be registered: %s", spec.name, exc)
+                continue
+            logger.info(
+                "schedule %s %s (next run at %s)",
+                spec.name,
+                reply.change,
+                reply.schedule.next_run_at,
+            )
 
     def _runtime_config(self) -> RuntimeConfig:
         s = self._settings
@@ -460,6 +538,7 @@ class Worker:
             runtime = Runtime(config, {q: self._tasks[q] for q in config.queues}, client, portal)
             self._runtime = runtime
             self._executor = runtime.executor
+            await self._register_schedules(client)
             self._loop_thread = threading.get_ident()
             self._ready.set()
             logger.info(

@@ -21,6 +21,10 @@ EXPECTED_OBJECTS = {
     ("index", "tasks_finished"),
     ("index", "tasks_queue_state"),
     ("index", "tasks_unique_live"),
+    ("table", "schedules"),
+    ("index", "schedules_due"),
+    ("index", "tasks_ready_by_key"),
+    ("index", "tasks_leased_by_key"),
 }
 
 

@@ -92,6 +92,13 @@ def test_every_protocol_op_has_a_model() -> None:
         "workers",
         "worker_state",
         "bye",
+        "schedule_upsert",
+        "schedule_list",
+        "schedule_remove",
+        "schedule_pause",
+        "schedule_resume",
+        "set_queue_limits",
+        "queue_info",
     }
     assert set(p.REQUESTS) == ops
 

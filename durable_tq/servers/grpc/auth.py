@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import grpc.aio
 
 from durable_tq import errors
+from durable_tq.broker import token_role as broker_token_role
 from durable_tq.config import Settings
 from durable_tq.wire.ops import Op, Role
 
@@ -15,10 +15,8 @@ AUTHORIZATION = "authorization"
 BEARER = "bearer "
 
 
-class Forbidden(errors.DurableTQError):
-    """The token is good but its role may not run this op (PERMISSION_DENIED)."""
-
-    code = "forbidden"
+#: Kept for importers of the first gRPC release; the error lives in errors.py now.
+Forbidden = errors.Forbidden
 
 
 def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -31,18 +29,11 @@ def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 
 def token_role(settings: Settings, token: str | None) -> Role | None:
-    """The role of ``token``; None when it is not accepted.
-
-    Tokens carry no role yet: every accepted token is an admin, and without configured
-    tokens everyone is. When roles come, they are looked up here and checked below
-    against the op table's ``role``.
-    """
+    """The role of ``token`` (the broker's own lookup); None when it is not accepted. Without
+    configured tokens everyone is an admin."""
     if not settings.auth_tokens:
         return Role.ADMIN
-    given = (token or "").encode("utf-8", "surrogatepass")
-    # Compare against every token, always, so timing says nothing about which matched.
-    matches = [hmac.compare_digest(given, t.encode()) for t in settings.auth_tokens]
-    return Role.ADMIN if token is not None and any(matches) else None
+    return broker_token_role(settings, token)
 
 
 def authorize(settings: Settings, token: str | None, op: Op) -> None:
@@ -50,4 +41,4 @@ def authorize(settings: Settings, token: str | None, op: Op) -> None:
     if role is None:
         raise errors.Unauthorized("missing or wrong token (authorization: Bearer <token>)")
     if role < op.role:
-        raise Forbidden(f"{op.name} needs the {op.role.name.lower()} role")
+        raise errors.Forbidden(f"{op.name} needs the {op.role.name.lower()} role")
