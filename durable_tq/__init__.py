@@ -16,6 +16,7 @@ from durable_tq.errors import (
     DurableTQError,
     LeaseLost,
     NotFound,
+    WaitTimeout,
 )
 from durable_tq.protocol import TaskState
 
@@ -57,6 +58,7 @@ __all__ = [
     "Retry",
     "TaskContext",
     "TaskState",
+    "WaitTimeout",
     "Worker",
     "__version__",
 ]

@@ -63,6 +63,8 @@ __all__ = [
     "EnqueueRequest",
     "EnqueueResult",
     "FailResult",
+    "HeartbeatReply",
+    "QueueSettings",
     "QueueStats",
     "RequestTimeout",
     "SettleReply",
@@ -138,6 +140,13 @@ SettleReply = s.SettleReply
 SettleResult = s.SettleResult
 #: What a ``settle`` claims in the same round trip: ``queues``, ``max``, ``wait``, ``lease``.
 ClaimArgs = s.ClaimArgs
+#: A heartbeat's reply: the worker's ``state``, and ``cancel`` (its tasks to stop).
+HeartbeatReply = s.HeartbeatReply
+#: A queue's defaults: ``queue``, ``result_ttl``.
+QueueSettings = s.QueueSettingsReply
+
+#: The longest single ``wait`` request a client sends; longer waits are several requests.
+WAIT_CHUNK: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +242,12 @@ class EnqueueRequest(BaseModel):
     max_attempts: int | None = None
     lease: float | None = None
     unique_key: str | None = None
+    #: Seconds the finished task is kept; else the queue's default, else retention.
+    result_ttl: float | None = None
+    #: Parents: task ids, or ``{"index": n}`` for the n-th task of the same enqueue_many.
+    after: list[int | dict[str, int]] | None = None
+    #: ``cancel`` (default) or ``run``: what happens when a parent ends dead or cancelled.
+    on_parent_failure: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``enqueue`` argument object: ``payload`` always, other None values left out."""
@@ -245,6 +260,9 @@ class EnqueueRequest(BaseModel):
                 max_attempts=self.max_attempts,
                 lease=self.lease,
                 unique_key=self.unique_key,
+                result_ttl=self.result_ttl,
+                after=self.after,
+                on_parent_failure=self.on_parent_failure,
             )
         )
         wire.update(_present(**(self.model_extra or {})))
@@ -1029,9 +1047,16 @@ class AsyncClient:
         max_attempts: int | None = None,
         lease: float | None = None,
         unique_key: str | None = None,
+        result_ttl: float | None = None,
+        after: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
-        """Add a task. ``payload`` is any JSON-able object; higher ``priority`` runs first."""
+        """Add a task. ``payload`` is any JSON-able object; higher ``priority`` runs first.
+
+        ``after``: parent task ids; the task waits (state ``waiting``) until all of them
+        succeeded. ``result_ttl``: seconds the finished task is kept.
+        """
         args = {"queue": queue, "payload": payload, "priority": priority}
         args.update(
             _present(
@@ -1040,6 +1065,9 @@ class AsyncClient:
                 max_attempts=max_attempts,
                 lease=lease,
                 unique_key=unique_key,
+                result_ttl=result_ttl,
+                after=None if after is None else list(after),
+                on_parent_failure=on_parent_failure,
             )
         )
         result: EnqueueResult = await self._call("enqueue", args, timeout)
@@ -1181,15 +1209,92 @@ class AsyncClient:
         reply: s.HeartbeatReply = await self._call("heartbeat", {}, timeout)
         return str(reply.state)
 
+    async def heartbeat_reply(self, *, timeout: float | None = None) -> HeartbeatReply:
+        """``heartbeat``, with the whole reply: ``state`` and ``cancel`` (the ids of this
+        worker's tasks whose cancel was requested)."""
+        reply: HeartbeatReply = await self._call("heartbeat", {}, timeout)
+        return reply
+
+    async def progress(
+        self,
+        task_id: int,
+        lease_token: str,
+        fraction: float,
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Record a leased task's progress (0..1); True when its cancel was requested."""
+        args = {"task_id": task_id, "lease_token": lease_token, "fraction": fraction}
+        args.update(_present(message=message))
+        reply: s.ProgressReply = await self._call("progress", args, timeout)
+        return reply.cancel
+
+    async def wait(self, task_id: int, *, timeout: float = 30.0) -> TaskInfo:
+        """Wait until the task is finished (``succeeded``, ``dead`` or ``cancelled``) and
+        return it; raises ``errors.WaitTimeout`` when ``timeout`` seconds pass first.
+
+        The broker holds the request until the task finishes (no polling). A broken
+        connection or a broker restart is ridden out: the client reconnects and waits again
+        until ``timeout``. ``errors.NotFound`` if there is no such task (or it was deleted).
+        """
+        deadline = anyio.current_time() + timeout
+        last: TaskInfo | None = None
+        while True:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                break
+            chunk = min(left, WAIT_CHUNK)
+            try:
+                # The reply comes after up to ``chunk`` seconds: give the request room.
+                reply: s.WaitReply = await self._call(
+                    "wait", {"task_id": task_id, "timeout": chunk}, chunk + 30.0
+                )
+            except (errors.ConnectionLost, errors.ShuttingDown, RequestTimeout) as exc:
+                logger.info("wait for task %d: %s; waiting again", task_id, exc)
+                await anyio.sleep(min(_BACKOFF_BASE, max(deadline - anyio.current_time(), 0)))
+                continue
+            last = reply.task
+            if reply.done:
+                return reply.task
+        raise errors.WaitTimeout(
+            f"task {task_id} did not finish within {timeout:g} s"
+            + ("" if last is None else f" (it is {last.state})"),
+            task=last,
+            task_id=task_id,
+        )
+
+    async def queue_settings(
+        self,
+        queue: str,
+        *,
+        result_ttl: float | None = None,
+        clear_result_ttl: bool = False,
+        timeout: float | None = None,
+    ) -> QueueSettings:
+        """Set a queue's defaults and return them all; with no argument, just read them.
+
+        ``result_ttl``: seconds its finished tasks are kept (a task's own ``result_ttl``
+        wins); ``clear_result_ttl``: fall back to the broker's ``retention`` again.
+        """
+        args: dict[str, Any] = {"queue": queue}
+        if clear_result_ttl:
+            args["result_ttl"] = None
+        elif result_ttl is not None:
+            args["result_ttl"] = result_ttl
+        reply: QueueSettings = await self._call("queue_settings", args, timeout)
+        return reply
+
     async def get(self, task_id: int, *, timeout: float | None = None) -> TaskInfo:
         """Everything about one task; ``errors.NotFound`` if there is no such task."""
         reply: s.GetReply = await self._call("get", {"task_id": task_id}, timeout)
         return reply.task
 
     async def cancel(self, task_id: int, *, timeout: float | None = None) -> str:
-        """Cancel a task that is not running; returns its state (``cancelled``).
+        """Cancel a task; returns ``cancelled``, or ``cancelling`` for a running (leased)
+        task: its worker is told to stop it, and it ends ``cancelled`` (``wait`` for it).
 
-        A ``leased`` or ``succeeded`` task raises ``errors.Conflict``.
+        A ``succeeded`` task raises ``errors.Conflict``.
         """
         reply: s.CancelReply = await self._call("cancel", {"task_id": task_id}, timeout)
         return str(reply.state)
@@ -1436,6 +1541,9 @@ class Client:
         max_attempts: int | None = None,
         lease: float | None = None,
         unique_key: str | None = None,
+        result_ttl: float | None = None,
+        after: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
         return self._call(
@@ -1448,6 +1556,9 @@ class Client:
             max_attempts=max_attempts,
             lease=lease,
             unique_key=unique_key,
+            result_ttl=result_ttl,
+            after=after,
+            on_parent_failure=on_parent_failure,
             timeout=timeout,
         )
 
@@ -1523,6 +1634,41 @@ class Client:
 
     def heartbeat(self, *, timeout: float | None = None) -> str:
         return self._call(self._async.heartbeat, timeout=timeout)
+
+    def heartbeat_reply(self, *, timeout: float | None = None) -> HeartbeatReply:
+        return self._call(self._async.heartbeat_reply, timeout=timeout)
+
+    def progress(
+        self,
+        task_id: int,
+        lease_token: str,
+        fraction: float,
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        return self._call(
+            self._async.progress, task_id, lease_token, fraction, message, timeout=timeout
+        )
+
+    def wait(self, task_id: int, *, timeout: float = 30.0) -> TaskInfo:
+        return self._call(self._async.wait, task_id, timeout=timeout)
+
+    def queue_settings(
+        self,
+        queue: str,
+        *,
+        result_ttl: float | None = None,
+        clear_result_ttl: bool = False,
+        timeout: float | None = None,
+    ) -> QueueSettings:
+        return self._call(
+            self._async.queue_settings,
+            queue,
+            result_ttl=result_ttl,
+            clear_result_ttl=clear_result_ttl,
+            timeout=timeout,
+        )
 
     def get(self, task_id: int, *, timeout: float | None = None) -> TaskInfo:
         return self._call(self._async.get, task_id, timeout=timeout)

@@ -17,6 +17,7 @@
     ├── Internal                        internal
     │   └── StorageError                internal: SQLite failed (disk full, I/O error, locked)
     ├── ConnectionLost                  client side only: the socket broke (never on the wire)
+    ├── WaitTimeout                     client side only: ``wait`` ran out before the task finished
     └── ConfigError                     settings that cannot be used (never on the wire)
 
 Raise these, never bare exceptions, across module boundaries; keep the cause with ``from``.
@@ -117,6 +118,19 @@ class ConnectionLost(DurableTQError):
     """Client side: the connection to the broker broke or could not be made."""
 
     code = "connection_lost"
+
+
+class WaitTimeout(DurableTQError, TimeoutError):
+    """Client side: the task did not finish within ``wait``'s timeout (never on the wire).
+
+    ``task`` is the task as the broker last reported it (a ``TaskInfo``), or None.
+    """
+
+    code = "wait_timeout"
+
+    def __init__(self, message: str = "", *, task: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.task = task
 
 
 class ConfigError(DurableTQError):

@@ -418,9 +418,7 @@ class _Connection:
         kwargs = {name: getattr(request, name) for name in fields if name != "id"}
         return getattr(self.broker, op.handler)(**kwargs, session=self.session)
 
-    def _error(
-        self, request_id: protocol.RequestId, op: Op, exc: errors.DurableTQError
-    ) -> bytes:
+    def _error(self, request_id: protocol.RequestId, op: Op, exc: errors.DurableTQError) -> bytes:
         if exc.closes_connection:
             log.warning("%r: %s (%s); closing", self, exc.code, exc.message)
         elif isinstance(exc, errors.Internal):
@@ -645,6 +643,7 @@ class BrokerServer:
         log.info("shutting down: no new connections; finishing in-flight requests")
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+        self.broker.end_waits()  # parked waits answer shutting_down
         for conn in list(self._connections):
             conn.begin_shutdown()
         self._shutdown.set()

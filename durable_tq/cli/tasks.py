@@ -572,9 +572,7 @@ def enqueue(
     broker = BrokerOptions(url, config_file, token, cafile, timeout)
     with broker_client(broker, busy_retries=0) as client:
         reply = msgspec.to_builtins(
-            while_busy(
-                lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout
-            )
+            while_busy(lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout)
         )
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})
@@ -660,11 +658,24 @@ def cancel(
     cafile: CafileOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
-    """Cancel a task that is not running (scheduled, queued or dead)."""
+    """Cancel a task: a waiting, scheduled, queued or dead one at once (state cancelled); a
+    running (leased) one is marked and its worker told to stop it (state cancelling)."""
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
         state = client.cancel(task_id)
     if json_output:
         print_json({"task_id": task_id, "state": state})
+        return
+    if state == "cancelling":
+        stdout_console().print(
+            Text.assemble(
+                "task ",
+                (str(task_id), "bold"),
+                " is running: it is being cancelled (its worker is told to stop it; "
+                "wait for it with ",
+                ("durable-tq tasks wait", "bold"),
+                ")",
+            )
+        )
         return
     stdout_console().print(
         Text.assemble("task ", (str(task_id), "bold"), " is now ", styled_state(state))

@@ -188,8 +188,17 @@ def test_missing_task_is_not_found(url: str) -> None:
 
 def test_enqueue_one_with_options(url: str, client: Client) -> None:
     first = ok_json(
-        "enqueue", "mail", '{"to": "ada"}', "--priority", "3", "--max-attempts", "2",
-        "--unique-key", "ada", "--url", url,
+        "enqueue",
+        "mail",
+        '{"to": "ada"}',
+        "--priority",
+        "3",
+        "--max-attempts",
+        "2",
+        "--unique-key",
+        "ada",
+        "--url",
+        url,
     )
     assert first["created"] is True
     again = ok_json("enqueue", "mail", '{"to": "ada"}', "--unique-key", "ada", "--url", url)
@@ -207,8 +216,18 @@ def test_enqueue_from_jsonl_in_batches(url: str, client: Client, tmp_path: Path)
     lines = [json.dumps({"n": n}) for n in range(1234)]
     path.write_text("\n".join(lines[:600]) + "\n\n" + "\n".join(lines[600:]) + "\n")
 
-    report = ok_json("enqueue", "bulk", "--from", str(path), "--batch-size", "500",
-                     "--priority", "2", "--url", url)
+    report = ok_json(
+        "enqueue",
+        "bulk",
+        "--from",
+        str(path),
+        "--batch-size",
+        "500",
+        "--priority",
+        "2",
+        "--url",
+        url,
+    )
 
     assert report["count"] == report["created"] == 1234
     assert report["last_task_id"] - report["first_task_id"] == 1233
@@ -287,7 +306,12 @@ def test_cancel_and_conflict(url: str, client: Client) -> None:
     cancelled = ok_json("cancel", str(task_id), "--url", url)
     assert cancelled == {"task_id": task_id, "state": "cancelled"}
     leased_id = client.enqueue("q", 2).task_id
-    assert client.claim("q")[0].task_id == leased_id
+    leased = client.claim("q")[0]
+    assert leased.task_id == leased_id
+    cancelling = ok_json("cancel", str(leased_id), "--url", url)
+    assert cancelling == {"task_id": leased_id, "state": "cancelling"}
+    assert "is being cancelled" in ok("cancel", str(leased_id), "--url", url).stdout
+    client.ack(leased_id, leased.lease_token)
     stderr = expect_exit(invoke("cancel", str(leased_id), "--url", url), 1)
     assert stderr.startswith("error: conflict: ")
 
@@ -558,4 +582,3 @@ def test_db_mode_reads_a_stopped_brokers_file(settings: Settings) -> None:
     assert _digest(settings.db_path) == digest  # read-only: not a byte changed
     expect_exit(invoke("stats", "--db", str(settings.db_path) + ".nope"), 2)
     expect_exit(invoke("stats", "--db", db, "--url", "tcp://127.0.0.1:1"), 2)
-
