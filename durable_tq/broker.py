@@ -443,7 +443,8 @@ class Broker:
                 # midway would otherwise count its first items).
                 waiting = depth - batch.request_net(task.queue, *WAITING)
                 raise errors.Busy(
-                    f"queue {task.queue!r} holds {waiting} waiting tasks (max_queue_depth {limit})",
+                    f"queue {task.queue!r} holds {waiting} waiting tasks "
+                    f"(max_queue_depth {limit})",
                     retry_after=1.0,
                 )
         cursor = conn.execute(

@@ -418,7 +418,9 @@ class _Connection:
         kwargs = {name: getattr(request, name) for name in fields if name != "id"}
         return getattr(self.broker, op.handler)(**kwargs, session=self.session)
 
-    def _error(self, request_id: protocol.RequestId, op: Op, exc: errors.DurableTQError) -> bytes:
+    def _error(
+        self, request_id: protocol.RequestId, op: Op, exc: errors.DurableTQError
+    ) -> bytes:
         if exc.closes_connection:
             log.warning("%r: %s (%s); closing", self, exc.code, exc.message)
         elif isinstance(exc, errors.Internal):

@@ -572,7 +572,9 @@ def enqueue(
     broker = BrokerOptions(url, config_file, token, cafile, timeout)
     with broker_client(broker, busy_retries=0) as client:
         reply = msgspec.to_builtins(
-            while_busy(lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout)
+            while_busy(
+                lambda: client.enqueue(queue, payload, **options), f"queue {queue}", timeout
+            )
         )
     if json_output:
         print_json({"task_id": reply["task_id"], "created": reply.get("created", True)})

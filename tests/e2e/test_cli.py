@@ -188,17 +188,8 @@ def test_missing_task_is_not_found(url: str) -> None:
 
 def test_enqueue_one_with_options(url: str, client: Client) -> None:
     first = ok_json(
-        "enqueue",
-        "mail",
-        '{"to": "ada"}',
-        "--priority",
-        "3",
-        "--max-attempts",
-        "2",
-        "--unique-key",
-        "ada",
-        "--url",
-        url,
+        "enqueue", "mail", '{"to": "ada"}', "--priority", "3", "--max-attempts", "2",
+        "--unique-key", "ada", "--url", url,
     )
     assert first["created"] is True
     again = ok_json("enqueue", "mail", '{"to": "ada"}', "--unique-key", "ada", "--url", url)
@@ -216,18 +207,8 @@ def test_enqueue_from_jsonl_in_batches(url: str, client: Client, tmp_path: Path)
     lines = [json.dumps({"n": n}) for n in range(1234)]
     path.write_text("\n".join(lines[:600]) + "\n\n" + "\n".join(lines[600:]) + "\n")
 
-    report = ok_json(
-        "enqueue",
-        "bulk",
-        "--from",
-        str(path),
-        "--batch-size",
-        "500",
-        "--priority",
-        "2",
-        "--url",
-        url,
-    )
+    report = ok_json("enqueue", "bulk", "--from", str(path), "--batch-size", "500",
+                     "--priority", "2", "--url", url)
 
     assert report["count"] == report["created"] == 1234
     assert report["last_task_id"] - report["first_task_id"] == 1233
@@ -582,3 +563,4 @@ def test_db_mode_reads_a_stopped_brokers_file(settings: Settings) -> None:
     assert _digest(settings.db_path) == digest  # read-only: not a byte changed
     expect_exit(invoke("stats", "--db", str(settings.db_path) + ".nope"), 2)
     expect_exit(invoke("stats", "--db", db, "--url", "tcp://127.0.0.1:1"), 2)
+
