@@ -185,6 +185,11 @@ class Settlement:
     def release(cls, task_id: int, lease_token: str, *, delay: float | None = None) -> Settlement:
         return cls(task_id, lease_token, s.Outcome.RELEASE, delay=delay)
 
+    @classmethod
+    def cancel(cls, task_id: int, lease_token: str, reason: str = "") -> Settlement:
+        """End the lease as ``cancelled`` (the handler was stopped on a cancel request)."""
+        return cls(task_id, lease_token, s.Outcome.CANCEL, error=reason)
+
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
             "task_id": self.task_id,
@@ -195,6 +200,8 @@ class Settlement:
             wire.update(_present(result=self.result))
         elif self.outcome is s.Outcome.FAIL:
             wire.update(error=self.error, retry=self.retry, **_present(delay=self.delay))
+        elif self.outcome is s.Outcome.CANCEL:
+            wire.update(error=self.error)
         else:
             wire.update(_present(delay=self.delay))
         return wire

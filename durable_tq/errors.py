@@ -17,7 +17,8 @@
     ├── Internal                        internal
     │   └── StorageError                internal: SQLite failed (disk full, I/O error, locked)
     ├── ConnectionLost                  client side only: the socket broke (never on the wire)
-    ├── WaitTimeout                     client side only: ``wait`` ran out before the task finished
+    ├── WaitTimeout                     client side only: ``wait`` ran out first
+    ├── TaskFailed                      client side only: an awaited task ended dead or cancelled
     └── ConfigError                     settings that cannot be used (never on the wire)
 
 Raise these, never bare exceptions, across module boundaries; keep the cause with ``from``.
@@ -127,6 +128,19 @@ class WaitTimeout(DurableTQError, TimeoutError):
     """
 
     code = "wait_timeout"
+
+    def __init__(self, message: str = "", *, task: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.task = task
+
+
+class TaskFailed(DurableTQError):
+    """Client side: a task awaited for its result ended ``dead`` or ``cancelled``.
+
+    ``task`` is the finished task (a ``TaskInfo``): ``state``, ``last_error``.
+    """
+
+    code = "task_failed"
 
     def __init__(self, message: str = "", *, task: Any = None, **details: Any) -> None:
         super().__init__(message, **details)

@@ -564,3 +564,18 @@ def test_db_mode_reads_a_stopped_brokers_file(settings: Settings) -> None:
     expect_exit(invoke("stats", "--db", str(settings.db_path) + ".nope"), 2)
     expect_exit(invoke("stats", "--db", db, "--url", "tcp://127.0.0.1:1"), 2)
 
+
+def test_cli_wait_enqueue_after_and_exit_codes(url: str, client: Client) -> None:
+    parent = client.enqueue("c", 1).task_id
+    child = ok_json("enqueue", "c", "2", "--after", str(parent), "--url", url)
+    assert client.get(child["task_id"]).state == "waiting"
+    assert expect_exit(
+        invoke("tasks", "wait", str(child["task_id"]), "--timeout", "0.1", "--url", url),
+        4,
+    )
+    (claimed,) = client.claim(["c"])
+    client.ack(claimed.task_id, claimed.lease_token, result="r")
+    done = ok_json("tasks", "wait", str(parent), "--url", url)
+    assert done["state"] == "succeeded" and done["done"] is True
+    assert client.cancel(child["task_id"]) == "cancelled"
+    expect_exit(invoke("tasks", "wait", str(child["task_id"]), "--url", url), 1)
