@@ -17,6 +17,7 @@ from durable_tq.errors import (
     LeaseLost,
     NotFound,
     RequestTimeout,
+    WaitTimeout,
 )
 from durable_tq.wire.schema import TaskState
 
@@ -59,6 +60,7 @@ __all__ = [
     "Retry",
     "TaskContext",
     "TaskState",
+    "WaitTimeout",
     "Worker",
     "__version__",
 ]

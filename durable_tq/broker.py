@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import msgspec
 from msgspec import Raw
 
 from durable_tq import errors, limits, queries, scheduler
@@ -73,6 +74,13 @@ class TaskArgs(Protocol):
 
 
 @dataclass(frozen=True)
+class EarlierItem:
+    """In ``enqueue_many``, a parent that is the ``index``-th task of the same call."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """:class:`TaskArgs` for Python callers (tools, tests): ``payload`` is JSON text."""
 
@@ -85,6 +93,9 @@ class TaskSpec:
     lease: float | None = None
     unique_key: str | None = None
     concurrency_key: str | None = None
+    result_ttl: float | None = None
+    after: Sequence[int | EarlierItem] | None = None
+    on_parent_failure: str = "cancel"
 
 
 class SettleArgs(Protocol):
@@ -145,6 +156,16 @@ class NewTask:
     run_at: float
     unique_key: str | None
     concurrency_key: str | None = None
+    result_ttl: float | None = None
+    #: Parent task ids, and earlier items of the same enqueue_many (by index).
+    after: tuple[int | EarlierItem, ...] = ()
+    on_parent_failure: str = "cancel"
+
+
+def parent_refs(args: object) -> tuple[int | EarlierItem, ...]:
+    """The ``after`` of an enqueue's arguments (any TaskArgs: older ones have none)."""
+    after = getattr(args, "after", None) or ()
+    return tuple(ref if isinstance(ref, int) else EarlierItem(ref.index) for ref in after)
 
 
 def backoff_delay(attempt: int, settings: Settings) -> float:
@@ -174,6 +195,11 @@ def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
         "result": None if row[13] is None else Raw(row[13]),
         "unique_key": row[14],
         "finished_at": row[15],
+        "progress": row[16],
+        "progress_message": row[17],
+        "cancel_requested": bool(row[18]),
+        "result_ttl": row[19],
+        "expires_at": row[20],
     }
 
 
@@ -275,6 +301,11 @@ class Broker:
         self.limits: dict[str, limits.QueueLimits] = {}
         self.limited: set[str] = set()
         self.buckets: dict[str, limits.TokenBucket] = {}
+        #: ``wait`` requests parked per task id, woken after the commit that finishes it.
+        self.task_waiters: dict[int, set[anyio.Event]] = {}
+        self._waits_ended = False
+        self.store.before_commit = self._resolve_finished
+        self.store.after_commit = self._after_finish
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -383,9 +414,11 @@ class Broker:
             rows = conn.execute(
                 queries.RELEASE_WORKER_LEASES, {"now": now, "worker_id": worker_id}
             ).fetchall()
-            for queue, state in rows:
+            for queue, state, task_id in rows:
                 batch.moved(queue, TaskState.LEASED, state)
-            return Counter(queue for queue, state in rows if state == TaskState.QUEUED)
+                if state != TaskState.QUEUED:
+                    batch.finished(task_id, state)
+            return Counter(queue for queue, state, _ in rows if state == TaskState.QUEUED)
 
         try:
             ready = await self.store.write(gone)
@@ -413,6 +446,9 @@ class Broker:
             run_at=run_at,
             unique_key=args.unique_key,
             concurrency_key=args.concurrency_key,
+            result_ttl=getattr(args, "result_ttl", None),
+            after=parent_refs(args),
+            on_parent_failure=str(getattr(args, "on_parent_failure", "cancel")),
         )
 
     def _lease(self, lease: float | None) -> float | None:
@@ -423,13 +459,20 @@ class Broker:
         return lease
 
     def _insert(
-        self, conn: sqlite3.Connection, batch: Batch, task: NewTask, now: float
-    ) -> tuple[int, bool]:
-        """Insert one task, or find its live twin by unique_key."""
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        task: NewTask,
+        now: float,
+        earlier: Sequence[int] = (),
+    ) -> tuple[int, bool, str]:
+        """Insert one task, or find its live twin by unique_key: (id, created, state).
+        ``earlier``: the ids of the tasks inserted before it by the same enqueue_many."""
         if task.unique_key is not None:
             row = conn.execute(queries.FIND_LIVE_UNIQUE, (task.queue, task.unique_key)).fetchone()
             if row is not None:
-                return row[0], False
+                return row[0], False, ""
+        parents = self._parent_states(conn, task, earlier) if task.after else []
         limit = self.settings.max_queue_depth
         if limit:
             # Read once per transaction, then kept exact by the batch's own counts: a refused
@@ -471,9 +514,70 @@ class Broker:
         )
         if task.queue not in self.known_queues:  # noted as known once committed
             conn.execute(queries.INSERT_QUEUE, (task.queue,))
-        batch.moved(task.queue, None, task.state)
         assert cursor.lastrowid is not None
-        return cursor.lastrowid, True
+        task_id = cursor.lastrowid
+        if task.result_ttl is not None or task.on_parent_failure != schema.ParentFailure.CANCEL:
+            conn.execute(
+                queries.SET_TASK_OPTIONS, (task.result_ttl, task.on_parent_failure, task_id)
+            )
+        state = self._hold_for_parents(conn, batch, task, task_id, parents, now)
+        batch.moved(task.queue, None, state)
+        return task_id, True, state
+
+    @staticmethod
+    def _parent_states(
+        conn: sqlite3.Connection, task: NewTask, earlier: Sequence[int]
+    ) -> list[tuple[int, str]]:
+        """(id, state) of each parent; raises before anything is written."""
+        parents: dict[int, str] = {}
+        for ref in task.after:
+            if isinstance(ref, EarlierItem):
+                if ref.index >= len(earlier):
+                    raise errors.BadRequest(
+                        f"after: {{'index': {ref.index}}} must name an earlier task of this "
+                        "enqueue_many"
+                    )
+                parent_id = earlier[ref.index]
+            else:
+                parent_id = ref
+            row = conn.execute(queries.PARENT_STATE, (parent_id,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"parent task {parent_id} does not exist", task_id=parent_id)
+            parents[parent_id] = row[0]
+        return list(parents.items())
+
+    @staticmethod
+    def _hold_for_parents(
+        conn: sqlite3.Connection,
+        batch: Batch,
+        task: NewTask,
+        task_id: int,
+        parents: list[tuple[int, str]],
+        now: float,
+    ) -> str:
+        """Record the unfinished parents; the task's state: held (``waiting``), born
+        ``cancelled`` (a parent already failed), or as inserted."""
+        waiting_on = 0
+        failed: tuple[int, str] | None = None
+        for parent_id, state in parents:
+            if state == TaskState.SUCCEEDED:
+                continue
+            if state in (TaskState.DEAD, TaskState.CANCELLED):
+                if task.on_parent_failure != schema.ParentFailure.RUN and failed is None:
+                    failed = (parent_id, state)
+                continue
+            conn.execute(queries.INSERT_DEP, (task_id, parent_id))
+            waiting_on += 1
+        if failed is not None:
+            error = f"parent task {failed[0]} ended {failed[1]}"
+            conn.execute(queries.FORGET_DEPS_OF_CHILD, (task_id,))
+            conn.execute(queries.CANCEL_AT_BIRTH, (error, now, task_id))
+            batch.finished(task_id, TaskState.CANCELLED)
+            return TaskState.CANCELLED
+        if waiting_on:
+            conn.execute(queries.HOLD_CHILD, (waiting_on, task_id))
+            return TaskState.WAITING
+        return task.state
 
     async def enqueue(
         self,
@@ -486,23 +590,38 @@ class Broker:
         lease: float | None = None,
         unique_key: str | None = None,
         concurrency_key: str | None = None,
+        result_ttl: float | None = None,
+        after: Sequence[int | Any] | None = None,
+        on_parent_failure: str = "cancel",
         *,
         session: Session | None = None,
     ) -> Result:
         now = self.now()
         spec = TaskSpec(
-            queue, payload, priority, delay, run_at, max_attempts, lease, unique_key,
-            concurrency_key,
-        )  # fmt: skip
+            queue,
+            payload,
+            priority,
+            delay,
+            run_at,
+            max_attempts,
+            lease,
+            unique_key,
+            concurrency_key=concurrency_key,
+            result_ttl=result_ttl,
+            after=after,
+            on_parent_failure=on_parent_failure,
+        )
         task = self._new_task(spec, now)
+        if any(isinstance(ref, EarlierItem) for ref in task.after):
+            raise errors.BadRequest("after: {'index': n} is for enqueue_many only")
         # Atomic (no savepoint): everything that can refuse it runs before its INSERT; only a
-        # new queue adds a second statement.
-        task_id, created = await self.store.write(
+        # new queue, or parents, add more statements.
+        task_id, created, state = await self.store.write(
             lambda conn, batch: self._insert(conn, batch, task, now),
-            atomic=task.queue in self.known_queues,
+            atomic=task.queue in self.known_queues and not task.after,
         )
         if created:
-            self._after_insert([task])
+            self._after_insert([(task, state)])
         return {"task_id": task_id, "created": created}
 
     async def enqueue_many(
@@ -516,24 +635,30 @@ class Broker:
         now = self.now()
         new = [self._new_task(item, now) for item in tasks]
 
-        def insert_all(conn: sqlite3.Connection, batch: Batch) -> list[tuple[int, bool]]:
-            return [self._insert(conn, batch, task, now) for task in new]
+        def insert_all(conn: sqlite3.Connection, batch: Batch) -> list[tuple[int, bool, str]]:
+            outcomes: list[tuple[int, bool, str]] = []
+            for task in new:
+                earlier = [task_id for task_id, _, _ in outcomes]
+                outcomes.append(self._insert(conn, batch, task, now, earlier))
+            return outcomes
 
         outcomes = await self.store.write(insert_all, heavy=len(new) > HEAVY_ROWS)
-        self._after_insert([t for t, (_, created) in zip(new, outcomes, strict=True) if created])
+        self._after_insert(
+            [(t, state) for t, (_, created, state) in zip(new, outcomes, strict=True) if created]
+        )
         return {
-            "task_ids": [task_id for task_id, _ in outcomes],
-            "created": [created for _, created in outcomes],
+            "task_ids": [task_id for task_id, _, _ in outcomes],
+            "created": [created for _, created, _ in outcomes],
         }
 
-    def _after_insert(self, tasks: list[NewTask]) -> None:
+    def _after_insert(self, tasks: list[tuple[NewTask, str]]) -> None:
         """After the commit: remember the queues, wake claims, or the sweeper for later runs."""
         ready: Counter[str] = Counter()
-        for task in tasks:
+        for task, state in tasks:
             self.known_queues.add(task.queue)
-            if task.state == TaskState.QUEUED:
+            if state == TaskState.QUEUED:
                 ready[task.queue] += 1
-            else:
+            elif state == TaskState.SCHEDULED:
                 self._schedule_wakeup(task.run_at)
         self.notify_ready(ready)
 
@@ -683,18 +808,39 @@ class Broker:
 
     def _current_lease(
         self, conn: sqlite3.Connection, task_id: int, token: str, now: float
-    ) -> tuple[int, int, str]:
-        """(attempts, max_attempts, queue) if ``token`` holds the task's lease now."""
+    ) -> tuple[int, int, str, bool]:
+        """(attempts, max_attempts, queue, cancel_requested) if ``token`` holds the task's
+        lease now."""
         row = conn.execute(queries.LEASE_OF, (task_id,)).fetchone()
         if row is None:
             raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
-        state, current_token, expires_at, attempts, max_attempts, queue = row
+        state, current_token, expires_at, attempts, max_attempts, queue, cancel = row
         if state != TaskState.LEASED or current_token != token or expires_at <= now:
             raise errors.LeaseLost(
                 f"task {task_id}: this lease is no longer held (task is {state})",
                 task_id=task_id,
             )
-        return attempts, max_attempts, queue
+        return attempts, max_attempts, queue, bool(cancel)
+
+    def _cancel_row(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        task_id: int,
+        token: str,
+        error: str,
+        lease: tuple[int, int, str, bool] | None = None,
+    ) -> Returned:
+        """End a lease as ``cancelled`` (settle outcome ``cancel``, or a fail or release of
+        a task whose cancel was requested)."""
+        now = self.now()
+        if lease is None:
+            lease = self._current_lease(conn, task_id, token, now)
+        queue = lease[2]
+        conn.execute(queries.CANCEL_LEASED, (error or "cancelled while running", now, now, task_id))
+        batch.moved(queue, TaskState.LEASED, TaskState.CANCELLED)
+        batch.finished(task_id, TaskState.CANCELLED)
+        return TaskState.CANCELLED, None, queue
 
     def _lease_lost_or_missing(
         self, conn: sqlite3.Connection, task_id: int
@@ -711,6 +857,7 @@ class Broker:
         if row is None:
             raise self._lease_lost_or_missing(conn, task_id)
         batch.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
+        batch.finished(task_id, TaskState.SUCCEEDED)
         return TaskState.SUCCEEDED, None, row[0]
 
     def _fail_row(
@@ -724,7 +871,10 @@ class Broker:
         delay: float | None,
     ) -> Returned:
         now = self.now()
-        attempts, max_attempts, queue = self._current_lease(conn, task_id, token, now)
+        lease = self._current_lease(conn, task_id, token, now)
+        attempts, max_attempts, queue, cancel_requested = lease
+        if cancel_requested:
+            return self._cancel_row(conn, batch, task_id, token, error, lease)
         if retry and attempts < max_attempts:
             if delay is None:
                 delay = backoff_delay(attempts, self.settings)
@@ -734,13 +884,17 @@ class Broker:
             return state, now + delay, queue
         conn.execute(queries.BURY, (error, now, now, task_id))
         batch.moved(queue, TaskState.LEASED, TaskState.DEAD)
+        batch.finished(task_id, TaskState.DEAD)
         return TaskState.DEAD, None, queue
 
     def _release_row(
         self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, delay: float | None
     ) -> Returned:
         now = self.now()
-        _, _, queue = self._current_lease(conn, task_id, token, now)
+        lease = self._current_lease(conn, task_id, token, now)
+        queue = lease[2]
+        if lease[3]:  # its cancel was requested: it is not handed out again
+            return self._cancel_row(conn, batch, task_id, token, "cancelled (released)", lease)
         delay = delay or 0.0
         state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
         conn.execute(queries.RELEASE, (state, now + delay, now, task_id))
@@ -834,16 +988,9 @@ class Broker:
 
         def write(conn: sqlite3.Connection, batch: Batch) -> _Settled:
             settled = _Settled()
-            for task_id, token, outcome, text, item in items:
+            for task_id, _token, outcome, text, item in items:
                 try:
-                    if outcome == Outcome.ACK:
-                        returned = self._ack_row(conn, batch, task_id, token, text)
-                    elif outcome == Outcome.FAIL:
-                        returned = self._fail_row(
-                            conn, batch, task_id, token, item.error, item.retry, item.delay
-                        )
-                    else:
-                        returned = self._release_row(conn, batch, task_id, token, item.delay)
+                    returned = self._settle_row(conn, batch, outcome, text, item)
                 except errors.DurableTQError as exc:  # raised before this item wrote anything
                     settled.results.append(
                         {"task_id": task_id, "ok": False, "error": exc.to_wire()}
@@ -856,6 +1003,7 @@ class Broker:
             if worker_id is not None:
                 row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
                 settled.worker_state = None if row is None else row[0]
+                settled.cancel = self._cancels_for(conn, worker_id)
             if plan is not None:
                 queues, limit, lease = plan
                 open_queues = [q for q in queues if q not in self.paused]
@@ -876,11 +1024,30 @@ class Broker:
         reply: Result = {"results": settled.results}
         if settled.worker_state is not None:
             reply["worker_state"] = settled.worker_state
+        if settled.cancel:
+            reply["cancel"] = settled.cancel
         if claim is not None:
             reply["tasks"] = await self._claim(
                 claim.queues, claim.max, claim.wait, claim.lease, session, first=settled.tasks
             )
         return reply
+
+    def _settle_row(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        outcome: str,
+        text: str | None,
+        item: SettleArgs,
+    ) -> Returned:
+        task_id, token = item.task_id, item.lease_token
+        if outcome == Outcome.ACK:
+            return self._ack_row(conn, batch, task_id, token, text)
+        if outcome == Outcome.FAIL:
+            return self._fail_row(conn, batch, task_id, token, item.error, item.retry, item.delay)
+        if outcome == Outcome.CANCEL:
+            return self._cancel_row(conn, batch, task_id, token, item.error)
+        return self._release_row(conn, batch, task_id, token, item.delay)
 
     async def extend(
         self,
@@ -893,15 +1060,44 @@ class Broker:
         seconds = self._lease(lease)
         assert seconds is not None
 
-        def extend(conn: sqlite3.Connection, batch: Batch) -> float:
+        def extend(conn: sqlite3.Connection, batch: Batch) -> Result:
             now = self.now()
             expires_at = now + seconds
-            cursor = conn.execute(queries.EXTEND, (expires_at, now, task_id, lease_token, now))
-            if cursor.rowcount == 0:
+            row = conn.execute(
+                queries.EXTEND, (expires_at, now, task_id, lease_token, now)
+            ).fetchone()
+            if row is None:
                 raise self._lease_lost_or_missing(conn, task_id)
-            return expires_at
+            return {"lease_expires_at": expires_at, "cancel": bool(row[0])}
 
-        return {"lease_expires_at": await self.store.write(extend, atomic=True, durable=False)}
+        return await self.store.write(extend, atomic=True, durable=False)
+
+    async def progress(
+        self,
+        task_id: int,
+        lease_token: str,
+        fraction: float,
+        message: str | None = None,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        """Record a running task's progress; fenced like extend, not fsynced (a lost progress
+        report costs nothing). The reply says whether the task's cancel was requested."""
+
+        def record(conn: sqlite3.Connection, batch: Batch) -> Result:
+            now = self.now()
+            row = conn.execute(
+                queries.PROGRESS, (fraction, message, now, task_id, lease_token, now)
+            ).fetchone()
+            if row is None:
+                raise self._lease_lost_or_missing(conn, task_id)
+            return {"cancel": bool(row[0])}
+
+        return await self.store.write(record, atomic=True, durable=False)
+
+    @staticmethod
+    def _cancels_for(conn: sqlite3.Connection, worker_id: str) -> list[int]:
+        return [task_id for (task_id,) in conn.execute(queries.CANCELS_FOR_WORKER, (worker_id,))]
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -932,13 +1128,17 @@ class Broker:
         if worker_id is None:
             raise errors.Conflict("heartbeat needs a worker registered in hello")
 
-        def beat(conn: sqlite3.Connection, batch: Batch) -> str:
+        def beat(conn: sqlite3.Connection, batch: Batch) -> Result:
             row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
             if row is None:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
-            return str(row[0])
+            reply: Result = {"state": str(row[0])}
+            cancel = self._cancels_for(conn, worker_id)
+            if cancel:
+                reply["cancel"] = cancel
+            return reply
 
-        return {"state": await self.store.write(beat, atomic=True, durable=False)}
+        return await self.store.write(beat, atomic=True, durable=False)
 
     async def worker_state(
         self, worker_id: str, state: str, *, session: Session | None = None
@@ -1009,25 +1209,160 @@ class Broker:
         result["store"] = dataclasses.asdict(self.store.stats)
         return result
 
+    # --- results: waiting for a task, dependents, expiry ---------------------------------------
+
+    async def wait(
+        self,
+        task_id: int,
+        timeout: float = 30.0,  # noqa: ASYNC109 (the request's field, bounded by max_wait)
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        """The task once it is finished, or as it is after ``timeout`` (``done`` false).
+
+        Woken by the commit that finishes the task (``_after_finish``), never by polling. The
+        waiter is registered before the task is read: a finish committed between the read
+        and the sleep still sets its event.
+        """
+        if timeout > self.settings.max_wait:
+            raise errors.BadRequest(
+                f"timeout: {timeout} s is longer than max_wait ({self.settings.max_wait} s)"
+            )
+        if self._waits_ended:
+            raise errors.ShuttingDown("the broker is stopping")
+        event = anyio.Event()
+        waiters = self.task_waiters.setdefault(task_id, set())
+        waiters.add(event)
+        try:
+            task = (await self.get(task_id))["task"]
+            if task["state"] not in schema.FINISHED_STATES and timeout > 0:
+                with anyio.move_on_after(timeout):
+                    await event.wait()
+                if self._waits_ended:
+                    raise errors.ShuttingDown("the broker is stopping")
+                if event.is_set():
+                    task = (await self.get(task_id))["task"]
+        finally:
+            waiters.discard(event)
+            if not waiters and self.task_waiters.get(task_id) is waiters:
+                del self.task_waiters[task_id]
+        return {"task": task, "done": task["state"] in schema.FINISHED_STATES}
+
+    def end_waits(self) -> None:
+        """The broker is stopping: every parked ``wait`` answers ``shutting_down`` now."""
+        self._waits_ended = True
+        for waiters in self.task_waiters.values():
+            for event in waiters:
+                event.set()
+
+    def _resolve_finished(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Before COMMIT, in the transaction that finished tasks: release the dependents
+        whose last parent succeeded, cancel those of a parent that failed (and theirs), and
+        set each finished task's ``expires_at``."""
+        now = self.now()
+        work = list(batch.done)
+        released: list[tuple[str, str, float]] = batch.memo.setdefault("released", [])
+        expiring: list[int] = []
+        i = 0
+        while i < len(work):
+            parent_id, state = work[i]
+            i += 1
+            if state == DELETED:
+                conn.execute(queries.FORGET_DEPS_OF_CHILD, (parent_id,))
+            else:
+                expiring.append(parent_id)
+            for child, queue, on_failure in conn.execute(
+                queries.CHILDREN_OF, (parent_id,)
+            ).fetchall():
+                if state == TaskState.SUCCEEDED or on_failure == schema.ParentFailure.RUN:
+                    left = conn.execute(queries.PARENT_DONE, (child,)).fetchone()
+                    if left is None or left[0] > 0:
+                        continue
+                    row = conn.execute(queries.RELEASE_CHILD, {"now": now, "id": child}).fetchone()
+                    batch.moved(queue, TaskState.WAITING, row[0])
+                    released.append((queue, row[0], row[1]))
+                else:
+                    why = "was deleted" if state == DELETED else f"ended {state}"
+                    conn.execute(
+                        queries.CANCEL_CHILD,
+                        {"error": f"parent task {parent_id} {why}", "now": now, "id": child},
+                    )
+                    batch.moved(queue, TaskState.WAITING, TaskState.CANCELLED)
+                    batch.finished(child, TaskState.CANCELLED)
+                    work.append((child, TaskState.CANCELLED))
+                conn.execute(queries.FORGET_DEPS_OF_CHILD, (child,))
+        if expiring:
+            retention = self.settings.retention if self.settings.retention > 0 else None
+            conn.execute(queries.SET_EXPIRY, {"ids": json.dumps(expiring), "retention": retention})
+
+    def _after_finish(self, batch: Batch) -> None:
+        """After the COMMIT that finished tasks: wake their waits, and claims for the
+        dependents that became ready."""
+        waiters = self.task_waiters
+        for task_id, _ in batch.done:
+            events = waiters.get(task_id)
+            if events:
+                for event in events:
+                    event.set()
+        ready: Counter[str] = Counter()
+        for queue, state, run_at in batch.memo.get("released", ()):
+            if state == TaskState.QUEUED:
+                ready[queue] += 1
+            else:
+                self._schedule_wakeup(run_at)
+        if ready:
+            self.notify_ready(ready)
+
+    async def queue_settings(
+        self,
+        queue: str,
+        result_ttl: float | msgspec.UnsetType | None = msgspec.UNSET,
+        *,
+        session: Session | None = None,
+    ) -> Result:
+        """Set a queue's defaults (only ``result_ttl`` so far); returns them all."""
+
+        def write(conn: sqlite3.Connection, batch: Batch) -> Result:
+            if result_ttl is not msgspec.UNSET:
+                conn.execute(queries.SET_QUEUE_RESULT_TTL, (queue, result_ttl))
+            else:
+                conn.execute(queries.INSERT_QUEUE, (queue,))
+            row = conn.execute(queries.QUEUE_SETTINGS, (queue,)).fetchone()
+            return {"queue": queue, "result_ttl": row[0]}
+
+        settings = await self.store.write(write)
+        self.known_queues.add(queue)
+        return settings
+
     # --- operating ----------------------------------------------------------------------------
 
     async def cancel(self, task_id: int, *, session: Session | None = None) -> Result:
+        """Cancel a task. A leased one is marked (``cancel_requested``, durably) and its
+        worker is told to stop it: the reply is then ``cancelling``."""
+
         def cancel(conn: sqlite3.Connection, batch: Batch) -> str:
             row = conn.execute(queries.TASK_STATE, (task_id,)).fetchone()
             if row is None:
                 raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
             state = row[0]
-            if state in (TaskState.LEASED, TaskState.SUCCEEDED):
+            now = self.now()
+            if state == TaskState.SUCCEEDED:
                 raise errors.Conflict(
                     f"task {task_id} is {state} and cannot be cancelled", state=state
                 )
+            if state == TaskState.LEASED:
+                conn.execute(queries.REQUEST_CANCEL, (now, task_id))
+                return "cancelling"
             if state != TaskState.CANCELLED:
-                now = self.now()
                 conn.execute(queries.CANCEL, (now, now, task_id))
+                if state == TaskState.WAITING:
+                    conn.execute(queries.FORGET_DEPS_OF_CHILD, (task_id,))
                 batch.moved(row[1], state, TaskState.CANCELLED)
+                batch.finished(task_id, TaskState.CANCELLED)
             return TaskState.CANCELLED.value
 
-        return {"state": await self.store.write(cancel, atomic=True)}
+        # Not atomic: a waiting task's cancel writes two statements.
+        return {"state": await self.store.write(cancel)}
 
     async def requeue(
         self,
@@ -1116,7 +1451,10 @@ class Broker:
             sql, params = queries.PURGE_QUEUE_STATE, [queue, str(state)]
 
         def purge(conn: sqlite3.Connection, batch: Batch) -> int:
-            states = Counter(old for (old,) in conn.execute(sql, params))
+            states: Counter[str] = Counter()
+            for old, task_id in conn.execute(sql, params).fetchall():
+                states[old] += 1
+                batch.finished(task_id, DELETED)
             for old, n in states.items():
                 batch.moved(queue, old, None, n)
             return sum(states.values())
@@ -1243,6 +1581,9 @@ class Broker:
         }
 
 
+#: ``Batch.finished`` state of a task whose row was deleted (purge, expiry).
+DELETED = "deleted"
+
 #: What ending a lease did: (new state, run_at or None, queue).
 Returned = tuple[str, float | None, str]
 
@@ -1250,9 +1591,10 @@ Returned = tuple[str, float | None, str]
 class _Settled:
     """What a settle's transaction did."""
 
-    __slots__ = ("results", "returned", "tasks", "worker_state")
+    __slots__ = ("cancel", "results", "returned", "tasks", "worker_state")
 
     def __init__(self) -> None:
+        self.cancel: list[int] = []
         self.results: list[Result] = []
         self.returned: list[Returned] = []
         self.tasks: list[Result] = []

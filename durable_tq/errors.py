@@ -19,6 +19,8 @@
     │   └── StorageError                internal: SQLite failed (disk full, I/O error, locked)
     ├── ConnectionLost                  client side only: the socket broke (never on the wire)
     ├── RequestTimeout                  client side only: no reply in time (also a TimeoutError)
+    ├── WaitTimeout                     client side only: ``wait`` ran out first
+    ├── TaskFailed                      client side only: an awaited task ended dead or cancelled
     └── ConfigError                     settings that cannot be used (never on the wire)
 
 Raise these, never bare exceptions, across module boundaries; keep the cause with ``from``.
@@ -134,6 +136,30 @@ class RequestTimeout(DurableTQError, TimeoutError):
     """
 
     code = "timeout"
+class WaitTimeout(DurableTQError, TimeoutError):
+    """Client side: the task did not finish within ``wait``'s timeout (never on the wire).
+
+    ``task`` is the task as the broker last reported it (a ``TaskInfo``), or None.
+    """
+
+    code = "wait_timeout"
+
+    def __init__(self, message: str = "", *, task: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.task = task
+
+
+class TaskFailed(DurableTQError):
+    """Client side: a task awaited for its result ended ``dead`` or ``cancelled``.
+
+    ``task`` is the finished task (a ``TaskInfo``): ``state``, ``last_error``.
+    """
+
+    code = "task_failed"
+
+    def __init__(self, message: str = "", *, task: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.task = task
 
 
 class ConfigError(DurableTQError):

@@ -3,14 +3,15 @@
 # Columns of the wire task object, in the order rows come back.
 TASK_COLUMNS = (
     "id, queue, state, payload, priority, attempts, max_attempts, run_at, created_at,"
-    " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at"
+    " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at,"
+    " progress, progress_message, cancel_requested, result_ttl, expires_at"
 )
 
 # --- enqueue ----------------------------------------------------------------------------------
 
 FIND_LIVE_UNIQUE = """
 SELECT id FROM tasks
-WHERE queue = ? AND unique_key = ? AND state IN ('scheduled', 'queued', 'leased')
+WHERE queue = ? AND unique_key = ? AND state IN ('waiting', 'scheduled', 'queued', 'leased')
 """
 
 QUEUE_DEPTH = """
@@ -22,6 +23,48 @@ INSERT_TASK = """
 INSERT INTO tasks (queue, state, payload, priority, max_attempts, lease_seconds, run_at,
                    created_at, updated_at, unique_key, concurrency_key)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# Only for a task that has them: a plain enqueue stays one INSERT.
+SET_TASK_OPTIONS = "UPDATE tasks SET result_ttl = ?, on_parent_failure = ? WHERE id = ?"
+
+# --- dependencies (task_deps) -------------------------------------------------------------------
+
+PARENT_STATE = "SELECT state FROM tasks WHERE id = ?"
+INSERT_DEP = "INSERT OR IGNORE INTO task_deps (child, parent) VALUES (?, ?)"
+HOLD_CHILD = "UPDATE tasks SET state = 'waiting', waiting_on = ? WHERE id = ?"
+# Born cancelled: a parent had already ended dead or cancelled.
+CANCEL_AT_BIRTH = """
+UPDATE tasks SET state = 'cancelled', last_error = ?, finished_at = ? WHERE id = ?
+"""
+
+# The waiting children of a parent that just finished, and what each does on a failure.
+CHILDREN_OF = """
+SELECT t.id, t.queue, t.on_parent_failure FROM task_deps d JOIN tasks t ON t.id = d.child
+WHERE d.parent = ? AND t.state = 'waiting'
+"""
+PARENT_DONE = """
+UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ? AND state = 'waiting'
+RETURNING waiting_on
+"""
+RELEASE_CHILD = """
+UPDATE tasks SET state = CASE WHEN run_at > :now THEN 'scheduled' ELSE 'queued' END,
+                 updated_at = :now
+WHERE id = :id AND state = 'waiting'
+RETURNING state, run_at
+"""
+CANCEL_CHILD = """
+UPDATE tasks SET state = 'cancelled', last_error = :error, finished_at = :now, updated_at = :now
+WHERE id = :id AND state = 'waiting'
+"""
+FORGET_DEPS_OF_CHILD = "DELETE FROM task_deps WHERE child = ?"
+
+# Result expiry: when a task finishes, it is kept for its own result_ttl, else its queue's,
+# else the broker's retention (NULL: kept for ever).
+SET_EXPIRY = """
+UPDATE tasks SET expires_at = finished_at + coalesce(
+    result_ttl, (SELECT q.result_ttl FROM queues q WHERE q.name = tasks.queue), :retention)
+WHERE id IN (SELECT value FROM json_each(:ids)) AND finished_at IS NOT NULL
 """
 
 INSERT_QUEUE = "INSERT OR IGNORE INTO queues (name) VALUES (?)"
@@ -78,7 +121,8 @@ LEASE_IDS = (
 # --- lease holders ------------------------------------------------------------------------------
 
 LEASE_OF = """
-SELECT state, lease_token, lease_expires_at, attempts, max_attempts, queue FROM tasks WHERE id = ?
+SELECT state, lease_token, lease_expires_at, attempts, max_attempts, queue, cancel_requested
+FROM tasks WHERE id = ?
 """
 
 ACK = """
@@ -111,6 +155,28 @@ WHERE id = ?
 EXTEND = """
 UPDATE tasks SET lease_expires_at = ?, updated_at = ?
 WHERE id = ? AND state = 'leased' AND lease_token = ? AND lease_expires_at > ?
+RETURNING cancel_requested
+"""
+
+PROGRESS = """
+UPDATE tasks SET progress = ?, progress_message = ?, updated_at = ?
+WHERE id = ? AND state = 'leased' AND lease_token = ? AND lease_expires_at > ?
+RETURNING cancel_requested
+"""
+
+# Ended by its worker because a cancel was requested (settle outcome ``cancel``), or a
+# release/retry of a task whose cancel was requested.
+CANCEL_LEASED = """
+UPDATE tasks
+SET state = 'cancelled', last_error = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL
+WHERE id = ?
+"""
+
+REQUEST_CANCEL = "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?"
+
+# The leases of a worker whose cancel was requested (through tasks_worker_leases).
+CANCELS_FOR_WORKER = """
+SELECT id FROM tasks WHERE state = 'leased' AND worker_id = ? AND cancel_requested = 1
 """
 
 # --- operator operations ----------------------------------------------------------------------
@@ -119,13 +185,20 @@ TASK_STATE = "SELECT state, queue FROM tasks WHERE id = ?"
 
 CANCEL = """
 UPDATE tasks SET state = 'cancelled', finished_at = ?, updated_at = ?
-WHERE id = ? AND state IN ('scheduled', 'queued', 'dead')
+WHERE id = ? AND state IN ('waiting', 'scheduled', 'queued', 'dead')
+"""
+
+QUEUE_SETTINGS = "SELECT result_ttl FROM queues WHERE name = ?"
+SET_QUEUE_RESULT_TTL = """
+INSERT INTO queues (name, result_ttl) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET result_ttl = excluded.result_ttl
 """
 
 _REQUEUE_SET = """
 UPDATE OR IGNORE tasks
 SET state = 'queued', attempts = 0, run_at = :now, updated_at = :now, finished_at = NULL,
-    lease_expires_at = NULL, lease_token = NULL, worker_id = NULL
+    lease_expires_at = NULL, lease_token = NULL, worker_id = NULL, cancel_requested = 0,
+    expires_at = NULL
 """
 
 REQUEUE_IDS = (
@@ -151,8 +224,8 @@ INSERT INTO queues (name, paused) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
 """
 
-PURGE_QUEUE = "DELETE FROM tasks WHERE queue = ? AND state != 'leased' RETURNING state"
-PURGE_QUEUE_STATE = "DELETE FROM tasks WHERE queue = ? AND state = ? RETURNING state"
+PURGE_QUEUE = "DELETE FROM tasks WHERE queue = ? AND state != 'leased' RETURNING state, id"
+PURGE_QUEUE_STATE = "DELETE FROM tasks WHERE queue = ? AND state = ? RETURNING state, id"
 
 # --- workers ----------------------------------------------------------------------------------
 
@@ -175,12 +248,14 @@ WORKER_GONE = "UPDATE workers SET connected = 0 WHERE id = ?"
 
 RELEASE_WORKER_LEASES = """
 UPDATE tasks
-SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
-    finished_at = CASE WHEN attempts >= max_attempts THEN :now END,
-    last_error = 'worker disconnected', run_at = :now, updated_at = :now,
-    lease_expires_at = NULL
+SET state = CASE WHEN cancel_requested THEN 'cancelled'
+                 WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN :now END,
+    last_error = CASE WHEN cancel_requested THEN 'cancelled; its worker disconnected'
+                      ELSE 'worker disconnected' END,
+    run_at = :now, updated_at = :now, lease_expires_at = NULL
 WHERE state = 'leased' AND worker_id = :worker_id
-RETURNING queue, state
+RETURNING queue, state, id
 """
 
 LIST_WORKERS = """
@@ -211,15 +286,17 @@ OLDEST_QUEUED = "SELECT min(run_at) FROM tasks WHERE queue = ? AND state = 'queu
 
 SWEEP_EXPIRED_LEASES = """
 UPDATE tasks
-SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
-    finished_at = CASE WHEN attempts >= max_attempts THEN :now END,
-    last_error = CASE WHEN lease_expires_at <= :now THEN 'lease expired'
+SET state = CASE WHEN cancel_requested THEN 'cancelled'
+                 WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN :now END,
+    last_error = CASE WHEN cancel_requested THEN 'cancelled; its lease ran out'
+                      WHEN lease_expires_at <= :now THEN 'lease expired'
                       ELSE 'worker timed out' END,
     run_at = :now, updated_at = :now, lease_expires_at = NULL
 WHERE state = 'leased'
   AND (lease_expires_at <= :now
        OR worker_id IN (SELECT id FROM workers WHERE last_heartbeat <= :worker_deadline))
-RETURNING queue, state
+RETURNING queue, state, id
 """
 
 SWEEP_DUE = """
@@ -228,12 +305,25 @@ WHERE state = 'scheduled' AND run_at <= :now
 RETURNING queue
 """
 
+# Tasks finished before expires_at existed (schema version 3) go by retention.
 SWEEP_RETENTION = """
 DELETE FROM tasks WHERE id IN (
     SELECT id FROM tasks
     WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at <= :cutoff
+      AND expires_at IS NULL
     LIMIT :limit)
-RETURNING queue, state
+RETURNING queue, state, id
+"""
+
+SWEEP_EXPIRED_RESULTS = """
+DELETE FROM tasks WHERE id IN (
+    SELECT id FROM tasks WHERE expires_at <= :now
+      AND state IN ('succeeded', 'dead', 'cancelled') LIMIT :limit)
+RETURNING queue, state, id
+"""
+
+FORGET_DEPS_OF_DELETED = """
+DELETE FROM task_deps WHERE child IN (SELECT value FROM json_each(:ids))
 """
 
 SWEEP_FORGOTTEN_WORKERS = """

@@ -108,7 +108,7 @@ def upsert(
 class Fired:
     """What one firing transaction did."""
 
-    tasks: list[NewTask] = field(default_factory=list)
+    tasks: list[tuple[NewTask, str]] = field(default_factory=list)
     fired: int = 0
     skipped: int = 0
     more: bool = False
@@ -140,13 +140,13 @@ def fire_due(broker: Broker, conn: sqlite3.Connection, batch: Batch, now: float)
                 unique_key=slot_key(spec.name, slot),
             )
             try:
-                _, created = broker._insert(conn, batch, task, now)
+                _, created, state = broker._insert(conn, batch, task, now)
             except errors.Busy as exc:  # refused before it wrote anything
                 log.warning("schedule %s: slot %.3f not fired: %s", spec.name, slot, exc.message)
                 slot = None
             else:
                 if created:
-                    outcome.tasks.append(task)
+                    outcome.tasks.append((task, state))
                     outcome.fired += 1
                     log.info("schedule %s fired for slot %.3f", spec.name, slot)
         if slot is None:

@@ -793,6 +793,7 @@ class BrokerServer:
         log.info("shutting down: no new connections; finishing in-flight requests")
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+        self.broker.end_waits()  # parked waits answer shutting_down
         for conn in list(self._connections):
             conn.begin_shutdown()
         self._shutdown.set()

@@ -56,9 +56,12 @@ class Batch:
     ``moved`` records the state changes a write makes, so ``queue_counts`` stays exact; they
     count only if that write succeeds (a failed write's are dropped with its savepoint).
     ``memo`` keeps values read once per transaction (a queue's depth when the batch began).
+    ``finished`` records the tasks a write finished (or deleted), likewise kept only if the
+    write succeeds: before COMMIT the store's ``before_commit`` hook resolves their
+    dependents, and after it ``after_commit`` wakes whoever waits for them.
     """
 
-    __slots__ = ("memo", "moves", "request_moves")
+    __slots__ = ("done", "memo", "moves", "request_done", "request_moves")
 
     def __init__(self) -> None:
         self.memo: dict[Any, Any] = {}
@@ -66,6 +69,14 @@ class Batch:
         self.moves: Counter[tuple[str, str]] = Counter()
         #: Those of the write running now.
         self.request_moves: Counter[tuple[str, str]] = Counter()
+        #: Tasks finished by the writes that succeeded so far: (task_id, state), where the
+        #: state is ``succeeded``, ``dead``, ``cancelled`` or ``deleted``.
+        self.done: list[tuple[int, str]] = []
+        self.request_done: list[tuple[int, str]] = []
+
+    def finished(self, task_id: int, state: str) -> None:
+        """Task ``task_id`` reached a final ``state`` (or ``deleted``: its row is gone)."""
+        self.request_done.append((task_id, state))
 
     def moved(self, queue: str, old: str | None, new: str | None, n: int = 1) -> None:
         """Tasks of ``queue`` went from state ``old`` to ``new`` (None: created or deleted)."""
@@ -98,11 +109,16 @@ class Batch:
     def begin_request(self) -> None:
         if self.request_moves:
             self.request_moves = Counter()
+        if self.request_done:
+            self.request_done = []
 
     def keep_request(self) -> None:
         if self.request_moves:
             self.moves.update(self.request_moves)
             self.request_moves = Counter()
+        if self.request_done:
+            self.done.extend(self.request_done)
+            self.request_done = []
 
 
 WriteFn = Callable[[sqlite3.Connection, Batch], T]
@@ -433,6 +449,12 @@ class Store:
         self._unsynced = False  # the writer connection is at NORMAL now, for a lease batch
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Called in the transaction, after the batch's writes and before COMMIT, when some
+        #: write finished tasks (``Batch.finished``): the broker resolves dependents there.
+        self.before_commit: Callable[[sqlite3.Connection, Batch], None] | None = None
+        #: Called on the event loop after a COMMIT whose batch finished tasks.
+        self.after_commit: Callable[[Batch], None] | None = None
+        self._committed = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -590,6 +612,7 @@ class Store:
                 batch = self._pending[: self.settings.max_batch]
                 del self._pending[: len(batch)]
                 self._room.set()
+                self._committed = False
                 try:
                     if any(pending.heavy for pending in batch):
                         await on_db_thread(writer, self._run_batch, batch)
@@ -598,6 +621,7 @@ class Store:
                             self._commit(writer._conn, batch)
                         else:
                             await on_db_thread(writer, self._commit, batch)
+
                 except Exception as exc:  # SAVEPOINT/RELEASE or the thread itself failed
                     log.exception("write batch failed")
                     self._abandon_transaction(writer._conn)
@@ -605,6 +629,11 @@ class Store:
                         if pending.error is None or pending.result is not None:
                             pending.error = errors.Internal("write batch failed")
                         pending.error.__cause__ = exc
+                if self._committed and self._batch.done and self.after_commit is not None:
+                    try:
+                        self.after_commit(self._batch)
+                    except Exception:  # committed: the callers still get their answers
+                        log.exception("after-commit hook failed")
                 for pending in batch:
                     pending.answer()
         finally:
@@ -707,6 +736,16 @@ class Store:
         return True
 
     def _write_counts(self, conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> bool:
+        if self._batch.done and self.before_commit is not None:
+            try:
+                self._batch.begin_request()
+                self.before_commit(conn, self._batch)
+                self._batch.keep_request()
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._fail_batch(batch, storage_error(exc, "resolving finished tasks"))
+                return False
         rows = [(queue, state, n) for (queue, state), n in self._batch.moves.items() if n]
         if not rows:
             return True
@@ -740,6 +779,7 @@ class Store:
                         self.ready_queues.add(key[0])
                     else:
                         self.ready_queues.discard(key[0])
+        self._committed = True
         stats = self.stats
         stats.unsynced_commits += unsynced
         stats.commits += 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from durable_tq import errors, queries, scheduler
-from durable_tq.broker import Broker
+from durable_tq.broker import DELETED, Broker
 from durable_tq.config import Settings
 from durable_tq.store import Batch
 from durable_tq.wire.schema import TaskState
@@ -44,25 +44,30 @@ def sweep_once(
         {"now": now, "worker_deadline": now - settings.worker_timeout},
     ).fetchall()
     moved = batch.moved
-    for queue, state in rows:
+    for queue, state, task_id in rows:
         moved(queue, TaskState.LEASED, state)
         if state == TaskState.QUEUED:
             result.ready[queue] += 1
             result.expired += 1
-        else:
+        else:  # dead, or cancelled (its cancel had been requested)
             result.dead += 1
+            batch.finished(task_id, state)
     for (queue,) in conn.execute(queries.SWEEP_DUE, {"now": now}):
         moved(queue, TaskState.SCHEDULED, TaskState.QUEUED)
         result.ready[queue] += 1
         result.due += 1
+    deleted = conn.execute(
+        queries.SWEEP_EXPIRED_RESULTS, {"now": now, "limit": RETENTION_BATCH}
+    ).fetchall()
     if settings.retention > 0:
-        deleted = conn.execute(
+        deleted += conn.execute(
             queries.SWEEP_RETENTION, {"cutoff": now - settings.retention, "limit": RETENTION_BATCH}
         ).fetchall()
-        for queue, state in deleted:
-            moved(queue, state, None)
-        result.deleted = len(deleted)
         conn.execute(queries.SWEEP_FORGOTTEN_WORKERS, {"cutoff": now - FORGET_WORKERS_AFTER})
+    for queue, state, task_id in deleted:
+        moved(queue, state, None)
+        batch.finished(task_id, DELETED)
+    result.deleted = len(deleted)
     next_due = conn.execute(queries.NEXT_DUE).fetchone()[0]
     next_expiry = conn.execute(queries.NEXT_EXPIRY).fetchone()[0]
     result.next_due = min(

@@ -98,8 +98,10 @@ def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
         footer_style="bold",
     )
     totals = _totals(queues)
+    # ``waiting`` (tasks held by their parents) gets a column only when some task waits.
+    states = [s for s in COUNT_STATES if s != TaskState.WAITING or totals[s]]
     table.add_column("Queue", footer="total", no_wrap=True)
-    for state in COUNT_STATES:
+    for state in states:
         table.add_column(
             state.capitalize(), justify="right", footer=f"{totals[state]:,}", no_wrap=True
         )
@@ -111,7 +113,7 @@ def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
         status = Text("paused", style="bold yellow") if counts.get("paused") else Text("active")
         table.add_row(
             Text(name, style="bold"),
-            *[_count_cell(state, int(counts.get(state, 0))) for state in COUNT_STATES],
+            *[_count_cell(state, int(counts.get(state, 0))) for state in states],
             Text("—", style="dim") if age is None else Text(human_duration(age)),
             status,
         )

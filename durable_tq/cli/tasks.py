@@ -217,6 +217,13 @@ def task_panel(task: dict[str, Any]) -> RenderableType:
         grid.add_row("Lease ends", _moment(task["lease_expires_at"], now))
     if task.get("finished_at") is not None:
         grid.add_row("Finished", _moment(task["finished_at"], now))
+    if task.get("progress") is not None:
+        message = task.get("progress_message") or ""
+        grid.add_row("Progress", f"{float(task['progress']):.0%} {message}".rstrip())
+    if task.get("cancel_requested"):
+        grid.add_row("Cancel", "requested: its worker is told to stop it")
+    if task.get("expires_at") is not None:
+        grid.add_row("Expires", _moment(task["expires_at"], now))
     parts: list[RenderableType] = [grid, Text(""), Text("Payload", style="bold")]
     parts.append(JSON(json.dumps(task.get("payload"), ensure_ascii=False)))
     if task.get("last_error"):
@@ -270,6 +277,40 @@ def show_task(
         print_json(task)
         return
     stdout_console().print(task_panel(task))
+
+
+@tasks_app.command("wait")
+@handles_errors
+def wait_task(
+    task_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="The task's id.")],
+    wait_timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 4)."),
+    ] = 60.0,
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    config_file: ConfigOption = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
+) -> None:
+    """Wait until a task is finished, then show it. Exit 0 succeeded, 1 dead or cancelled,
+    4 when --timeout passes first."""
+    options = BrokerOptions(url, config_file, token, cafile, wait_timeout + 30.0)
+    try:
+        with broker_client(options) as client:
+            task = msgspec.to_builtins(client.wait(task_id, timeout=wait_timeout))
+    except errors.WaitTimeout as exc:
+        if json_output and exc.task is not None:
+            print_json({**msgspec.to_builtins(exc.task), "done": False})
+        else:
+            error_console().print(f"error: wait_timeout: {exc.message}")
+        raise typer.Exit(4) from None
+    if json_output:
+        print_json({**task, "done": True})
+    else:
+        stdout_console().print(task_panel(task))
+    if task["state"] != "succeeded":
+        raise typer.Exit(1)
 
 
 # --- enqueue ------------------------------------------------------------------------------------
@@ -534,6 +575,24 @@ def enqueue(
             show_default=False,
         ),
     ] = None,
+    after: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--after",
+            min=1,
+            help="Run only once this task succeeded (repeatable); the task waits till then.",
+            show_default=False,
+        ),
+    ] = None,
+    result_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--result-ttl",
+            min=0,
+            help="Keep the finished task this many seconds (default: queue's, else retention).",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -564,9 +623,12 @@ def enqueue(
         ("max_attempts", max_attempts),
         ("lease", lease),
         ("concurrency_key", concurrency_key),
+        ("result_ttl", result_ttl),
     ):
         if value is not None:
             options[name] = value
+    if after:
+        options["after"] = list(after)
     if from_file is not None:
         if unique_key is not None:
             raise UsageError("--unique-key gives one key to one task; it cannot go with --from")
@@ -671,11 +733,24 @@ def cancel(
     cafile: CafileOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
-    """Cancel a task that is not running (scheduled, queued or dead)."""
+    """Cancel a task: a waiting, scheduled, queued or dead one at once (state cancelled); a
+    running (leased) one is marked and its worker told to stop it (state cancelling)."""
     with broker_client(BrokerOptions(url, config_file, token, cafile, timeout)) as client:
         state = client.cancel(task_id)
     if json_output:
         print_json({"task_id": task_id, "state": state})
+        return
+    if state == "cancelling":
+        stdout_console().print(
+            Text.assemble(
+                "task ",
+                (str(task_id), "bold"),
+                " is running: it is being cancelled (its worker is told to stop it; "
+                "wait for it with ",
+                ("durable-tq tasks wait", "bold"),
+                ")",
+            )
+        )
         return
     stdout_console().print(
         Text.assemble("task ", (str(task_id), "bold"), " is now ", styled_state(state))

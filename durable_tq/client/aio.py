@@ -10,12 +10,14 @@ transport (``durable_tq.client.transport``) owns connections, retries and timeou
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Unpack
 
+import anyio
 import msgspec
 
 from durable_tq import errors
@@ -28,6 +30,8 @@ from durable_tq.client.types import (
     EnqueueRequest,
     EnqueueResult,
     FailResult,
+    HeartbeatReply,
+    QueueSettings,
     Settlement,
     SettleReply,
     Stats,
@@ -43,6 +47,13 @@ from durable_tq.client.url import DEFAULT_HOST, DEFAULT_PORT, parse_url
 from durable_tq.wire import schema as s
 
 __all__ = ["CLIENT_NAME", "AsyncClient"]
+
+logger = logging.getLogger("durable_tq.client")
+
+#: The longest single ``wait`` request a client sends; longer waits are several requests.
+WAIT_CHUNK: Final = 60.0
+#: Pause before waiting again after a lost connection.
+WAIT_RETRY: Final = 0.2
 
 CLIENT_NAME: Final = "durable_tq-py/0.1"
 
@@ -276,10 +287,17 @@ class AsyncClient:
         lease: float | None = None,
         unique_key: str | None = None,
         concurrency_key: str | None = None,
+        result_ttl: float | None = None,
+        after: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
         """Add a task. ``payload`` is any JSON-able object; higher ``priority`` runs first.
-        ``concurrency_key``: the queue's ``key_concurrency`` limits tasks with the same key."""
+
+        ``concurrency_key``: the queue's ``key_concurrency`` limits tasks with the same key.
+        ``after``: parent task ids; the task waits (state ``waiting``) until all of them
+        succeeded. ``result_ttl``: seconds the finished task is kept.
+        """
         args = {"queue": queue, "payload": payload, "priority": priority}
         args.update(
             present(
@@ -289,6 +307,9 @@ class AsyncClient:
                 lease=lease,
                 unique_key=unique_key,
                 concurrency_key=concurrency_key,
+                result_ttl=result_ttl,
+                after=None if after is None else list(after),
+                on_parent_failure=on_parent_failure,
             )
         )
         result: EnqueueResult = await self._call("enqueue", args, timeout)
@@ -435,10 +456,87 @@ class AsyncClient:
         reply: s.GetReply = await self._call("get", {"task_id": task_id}, timeout)
         return reply.task
 
-    async def cancel(self, task_id: int, *, timeout: float | None = None) -> str:
-        """Cancel a task that is not running; returns its state (``cancelled``).
+    async def heartbeat_reply(self, *, timeout: float | None = None) -> HeartbeatReply:
+        """``heartbeat``, with the whole reply: ``state`` and ``cancel`` (the ids of this
+        worker's tasks whose cancel was requested)."""
+        reply: HeartbeatReply = await self._call("heartbeat", {}, timeout)
+        return reply
 
-        A ``leased`` or ``succeeded`` task raises ``errors.Conflict``.
+    async def progress(
+        self,
+        task_id: int,
+        lease_token: str,
+        fraction: float,
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Record a leased task's progress (0..1); True when its cancel was requested."""
+        args: dict[str, Any] = {"task_id": task_id, "lease_token": lease_token}
+        args.update(fraction=fraction, **present(message=message))
+        reply: s.ProgressReply = await self._call("progress", args, timeout)
+        return reply.cancel
+
+    async def wait(self, task_id: int, *, timeout: float = 30.0) -> TaskInfo:
+        """Wait until the task is finished (``succeeded``, ``dead`` or ``cancelled``) and
+        return it; raises ``errors.WaitTimeout`` when ``timeout`` seconds pass first.
+
+        The broker holds the request until the task finishes (no polling). A broken
+        connection or a broker restart is ridden out: the client reconnects and waits again
+        until ``timeout``. ``errors.NotFound`` if there is no such task (or it was deleted).
+        """
+        deadline = anyio.current_time() + timeout
+        last: TaskInfo | None = None
+        while True:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                break
+            chunk = min(left, WAIT_CHUNK)
+            try:
+                # The reply comes after up to ``chunk`` seconds: give the request room.
+                reply: s.WaitReply = await self._call(
+                    "wait", {"task_id": task_id, "timeout": chunk}, chunk + 30.0
+                )
+            except (errors.ConnectionLost, errors.ShuttingDown, errors.RequestTimeout) as exc:
+                logger.info("wait for task %d: %s; waiting again", task_id, exc)
+                await anyio.sleep(min(WAIT_RETRY, max(deadline - anyio.current_time(), 0)))
+                continue
+            last = reply.task
+            if reply.done:
+                return reply.task
+        raise errors.WaitTimeout(
+            f"task {task_id} did not finish within {timeout:g} s"
+            + ("" if last is None else f" (it is {last.state})"),
+            task=last,
+            task_id=task_id,
+        )
+
+    async def queue_settings(
+        self,
+        queue: str,
+        *,
+        result_ttl: float | None = None,
+        clear_result_ttl: bool = False,
+        timeout: float | None = None,
+    ) -> QueueSettings:
+        """Set a queue's defaults and return them all; with no argument, just read them.
+
+        ``result_ttl``: seconds its finished tasks are kept (a task's own ``result_ttl``
+        wins); ``clear_result_ttl``: fall back to the broker's ``retention`` again.
+        """
+        args: dict[str, Any] = {"queue": queue}
+        if clear_result_ttl:
+            args["result_ttl"] = None
+        elif result_ttl is not None:
+            args["result_ttl"] = result_ttl
+        reply: QueueSettings = await self._call("queue_settings", args, timeout)
+        return reply
+
+    async def cancel(self, task_id: int, *, timeout: float | None = None) -> str:
+        """Cancel a task; returns ``cancelled``, or ``cancelling`` for a running (leased)
+        task: its worker is told to stop it, and it ends ``cancelled`` (``wait`` for it).
+
+        A ``succeeded`` task raises ``errors.Conflict``.
         """
         reply: s.CancelReply = await self._call("cancel", {"task_id": task_id}, timeout)
         return str(reply.state)

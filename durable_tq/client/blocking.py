@@ -23,6 +23,8 @@ from durable_tq.client.types import (
     EnqueueRequest,
     EnqueueResult,
     FailResult,
+    HeartbeatReply,
+    QueueSettings,
     Settlement,
     SettleReply,
     Stats,
@@ -167,6 +169,9 @@ class Client:
         lease: float | None = None,
         unique_key: str | None = None,
         concurrency_key: str | None = None,
+        result_ttl: float | None = None,
+        after: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
         timeout: float | None = None,
     ) -> EnqueueResult:
         return self._call(
@@ -180,6 +185,9 @@ class Client:
             lease=lease,
             unique_key=unique_key,
             concurrency_key=concurrency_key,
+            result_ttl=result_ttl,
+            after=after,
+            on_parent_failure=on_parent_failure,
             timeout=timeout,
         )
 
@@ -258,6 +266,41 @@ class Client:
 
     def get(self, task_id: int, *, timeout: float | None = None) -> TaskInfo:
         return self._call(self._async.get, task_id, timeout=timeout)
+
+    def heartbeat_reply(self, *, timeout: float | None = None) -> HeartbeatReply:
+        return self._call(self._async.heartbeat_reply, timeout=timeout)
+
+    def progress(
+        self,
+        task_id: int,
+        lease_token: str,
+        fraction: float,
+        message: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        return self._call(
+            self._async.progress, task_id, lease_token, fraction, message, timeout=timeout
+        )
+
+    def wait(self, task_id: int, *, timeout: float = 30.0) -> TaskInfo:
+        return self._call(self._async.wait, task_id, timeout=timeout)
+
+    def queue_settings(
+        self,
+        queue: str,
+        *,
+        result_ttl: float | None = None,
+        clear_result_ttl: bool = False,
+        timeout: float | None = None,
+    ) -> QueueSettings:
+        return self._call(
+            self._async.queue_settings,
+            queue,
+            result_ttl=result_ttl,
+            clear_result_ttl=clear_result_ttl,
+            timeout=timeout,
+        )
 
     def cancel(self, task_id: int, *, timeout: float | None = None) -> str:
         return self._call(self._async.cancel, task_id, timeout=timeout)

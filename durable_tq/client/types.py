@@ -19,6 +19,8 @@ __all__ = [
     "EnqueueRequest",
     "EnqueueResult",
     "FailResult",
+    "HeartbeatReply",
+    "QueueSettings",
     "QueueStats",
     "SettleReply",
     "SettleResult",
@@ -43,6 +45,10 @@ __all__ = [
 EnqueueResult = s.EnqueueReply
 #: A task handed to this client by ``claim`` or ``settle``; finish it with ack/fail/release.
 ClaimedTask = s.LeasedTask
+#: A heartbeat's reply: the worker's ``state``, and ``cancel`` (its tasks to stop).
+HeartbeatReply = s.HeartbeatReply
+#: A queue's defaults: ``queue``, ``result_ttl``.
+QueueSettings = s.QueueSettingsReply
 #: Where a failed task went: ``scheduled``/``queued`` (retried, ``run_at``) or ``dead``.
 FailResult = s.FailReply
 #: Everything ``get`` and ``list`` report about one task.
@@ -105,6 +111,11 @@ class Settlement:
     def release(cls, task_id: int, lease_token: str, *, delay: float | None = None) -> Settlement:
         return cls(task_id, lease_token, s.Outcome.RELEASE, delay=delay)
 
+    @classmethod
+    def cancel(cls, task_id: int, lease_token: str, reason: str = "") -> Settlement:
+        """End the lease as ``cancelled`` (the handler was stopped on a cancel request)."""
+        return cls(task_id, lease_token, s.Outcome.CANCEL, error=reason)
+
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
             "task_id": self.task_id,
@@ -115,6 +126,8 @@ class Settlement:
             wire.update(present(result=self.result))
         elif self.outcome is s.Outcome.FAIL:
             wire.update(error=self.error, retry=self.retry, **present(delay=self.delay))
+        elif self.outcome is s.Outcome.CANCEL:
+            wire.update(error=self.error)
         else:
             wire.update(present(delay=self.delay))
         return wire
@@ -140,6 +153,12 @@ class EnqueueRequest(BaseModel):
     lease: float | None = None
     unique_key: str | None = None
     concurrency_key: str | None = None
+    #: Seconds the finished task is kept; else the queue's default, else retention.
+    result_ttl: float | None = None
+    #: Parents: task ids, or ``{"index": n}`` for the n-th task of the same enqueue_many.
+    after: list[int | dict[str, int]] | None = None
+    #: ``cancel`` (default) or ``run``: what happens when a parent ends dead or cancelled.
+    on_parent_failure: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``enqueue`` argument object: ``payload`` always, other None values left out."""
@@ -153,6 +172,9 @@ class EnqueueRequest(BaseModel):
                 lease=self.lease,
                 unique_key=self.unique_key,
                 concurrency_key=self.concurrency_key,
+                result_ttl=self.result_ttl,
+                after=self.after,
+                on_parent_failure=self.on_parent_failure,
             )
         )
         wire.update(present(**(self.model_extra or {})))

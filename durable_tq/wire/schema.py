@@ -28,6 +28,8 @@ NULL = Raw(b"null")
 
 
 class TaskState(StrEnum):
+    #: Held until every parent (``after``) has succeeded (additive to v1).
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     LEASED = "leased"
@@ -36,7 +38,9 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
-LIVE_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED, TaskState.LEASED})
+LIVE_STATES = frozenset(
+    {TaskState.WAITING, TaskState.SCHEDULED, TaskState.QUEUED, TaskState.LEASED}
+)
 FINISHED_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 #: The states a queue's depth counts against ``max_queue_depth``.
 WAITING_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED})
@@ -54,6 +58,15 @@ class Outcome(StrEnum):
     ACK = "ack"
     FAIL = "fail"
     RELEASE = "release"
+    #: The worker stopped the handler because the task was cancelled: it ends ``cancelled``.
+    CANCEL = "cancel"
+
+
+class ParentFailure(StrEnum):
+    """What a dependent task does when a parent ends dead or cancelled."""
+
+    CANCEL = "cancel"
+    RUN = "run"
 
 
 QueueName = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -67,6 +80,8 @@ Attempts = Annotated[int, Meta(ge=1, le=1_000_000)]
 UniqueKey = Annotated[str, Meta(min_length=1, max_length=1000)]
 ErrorText = Annotated[str, Meta(max_length=65536)]
 WorkerId = Annotated[str, Meta(min_length=1, max_length=200)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+ProgressMessage = Annotated[str, Meta(max_length=1000)]
 
 RequestId = int | str | None
 
@@ -100,6 +115,17 @@ class Hello(Request, tag="hello", frozen=True):
     worker: WorkerSpec | None = None
 
 
+class EarlierItem(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """In ``enqueue_many``, ``after: [{"index": 0}]`` names an earlier task of the same call."""
+
+    index: Annotated[int, Meta(ge=0)]
+
+
+#: A parent of a dependent task: a task id, or (in enqueue_many) an earlier item.
+ParentRef = TaskId | EarlierItem
+Parents = Annotated[list[ParentRef], Meta(max_length=10_000)]
+
+
 class Enqueue(Request, tag="enqueue", frozen=True):
     queue: QueueName
     payload: Raw = NULL
@@ -111,6 +137,11 @@ class Enqueue(Request, tag="enqueue", frozen=True):
     unique_key: UniqueKey | None = None
     #: At most the queue's key_concurrency tasks with the same key are leased at once.
     concurrency_key: UniqueKey | None = None
+    #: Seconds the finished task is kept (additive): else the queue's, else ``retention``.
+    result_ttl: Seconds | None = None
+    #: Parent task ids: the task waits until all of them succeeded (additive).
+    after: Parents | None = None
+    on_parent_failure: ParentFailure = ParentFailure.CANCEL
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -131,6 +162,11 @@ class EnqueueItem(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     lease: PositiveSeconds | None = None
     unique_key: UniqueKey | None = None
     concurrency_key: UniqueKey | None = None
+    #: Seconds the finished task is kept (additive): else the queue's, else ``retention``.
+    result_ttl: Seconds | None = None
+    #: Parent task ids: the task waits until all of them succeeded (additive).
+    after: Parents | None = None
+    on_parent_failure: ParentFailure = ParentFailure.CANCEL
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -199,6 +235,30 @@ class Extend(Request, tag="extend", frozen=True):
     task_id: TaskId
     lease_token: LeaseToken
     lease: PositiveSeconds
+
+
+class Progress(Request, tag="progress", frozen=True):
+    """A running handler's progress, fenced by its lease like ``extend`` (additive)."""
+
+    task_id: TaskId
+    lease_token: LeaseToken
+    fraction: Fraction
+    message: ProgressMessage | None = None
+
+
+class Wait(Request, tag="wait", frozen=True):
+    """Hold the reply until the task is finished or ``timeout`` passed (additive)."""
+
+    task_id: TaskId
+    timeout: Seconds = 30.0
+
+
+class QueueSettings(Request, tag="queue_settings", frozen=True):
+    """Set a queue's defaults; fields left out stay as they are (additive; issue 15 adds
+    more fields). ``result_ttl: null`` clears the queue's own value."""
+
+    queue: QueueName
+    result_ttl: Seconds | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class Heartbeat(Request, tag="heartbeat", frozen=True):
@@ -333,6 +393,9 @@ AnyRequest = (
     | Release
     | Settle
     | Extend
+    | Progress
+    | Wait
+    | QueueSettings
     | Heartbeat
     | Get
     | Cancel
@@ -421,14 +484,24 @@ class SettleReply(Reply):
     tasks: list[LeasedTask] | None = None
     #: The worker's command, as a heartbeat would return it (registered workers only).
     worker_state: WorkerCommand | None = None
+    #: Tasks this worker holds whose cancel was requested (additive).
+    cancel: list[int] = []
 
 
 class ExtendReply(Reply):
     lease_expires_at: float
+    #: A cancel was requested for this task: the worker should stop it (additive).
+    cancel: bool = False
+
+
+class ProgressReply(Reply):
+    cancel: bool = False
 
 
 class HeartbeatReply(Reply):
     state: WorkerCommand
+    #: Tasks this worker holds whose cancel was requested (additive).
+    cancel: list[int] = []
 
 
 class TaskInfo(Reply):
@@ -448,6 +521,22 @@ class TaskInfo(Reply):
     result: Any
     unique_key: str | None
     finished_at: float | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    cancel_requested: bool = False
+    result_ttl: float | None = None
+    expires_at: float | None = None
+
+
+class WaitReply(Reply):
+    task: TaskInfo
+    #: True when the task is finished (succeeded, dead or cancelled); False on timeout.
+    done: bool
+
+
+class QueueSettingsReply(Reply):
+    queue: str
+    result_ttl: float | None = None
 
 
 class GetReply(Reply):
@@ -455,10 +544,12 @@ class GetReply(Reply):
 
 
 class CancelReply(Reply):
-    state: TaskState
+    #: ``cancelled``, or ``cancelling`` for a leased task whose worker is told to stop it.
+    state: str
 
 
 class QueueStats(Reply):
+    waiting: int = 0
     scheduled: int = 0
     queued: int = 0
     leased: int = 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from anyio.from_thread import BlockingPortal
 
 from durable_tq.worker.leases import Lease
+from durable_tq.worker.outcome import TaskCancelled
 
 __all__ = ["TaskContext"]
 
@@ -50,6 +51,31 @@ class TaskContext:
         Later automatic renewals ask for ``seconds`` too.
         """
         return await self._extend(self._lease, seconds)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task's cancel was requested (``durable-tq cancel``). An async
+        handler is cancelled by the worker by itself; a sync one (in a thread) cannot be
+        stopped from outside, so long sync handlers should check this, or call
+        :meth:`check_cancelled`, between steps (cooperative cancellation)."""
+        return self._lease.cancel_requested
+
+    def check_cancelled(self) -> None:
+        """Raise ``TaskCancelled`` if the task's cancel was requested; the worker then ends
+        the task as ``cancelled``."""
+        if self._lease.cancel_requested:
+            raise TaskCancelled(self.task_id)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress (0..1, and an optional message up to 1000 characters). Never
+        blocks and never raises for broker trouble: the worker sends the latest value at
+        most once a second per task, and always the last one before the task settles.
+        Callable from async and sync handlers alike."""
+        if not 0 <= fraction <= 1:
+            raise ValueError("progress fraction must be between 0 and 1")
+        if message is not None and len(message) > 1000:
+            message = message[:1000]
+        self._lease.progress = (float(fraction), message)
 
     def extend_sync(self, seconds: float) -> bool:
         """``extend`` for sync handlers (they run in threads); not for the event loop thread."""

@@ -46,6 +46,10 @@ class Lease:
     #: The task was settled (or given up); a renewal still in flight no longer matters.
     dropped: bool = False
     renewing: bool = field(default=False, repr=False)
+    #: The broker asked for this task to be cancelled (``ctx.cancelled``).
+    cancel_requested: bool = False
+    #: Progress reported by the handler and not sent yet: (fraction, message).
+    progress: tuple[float, str | None] | None = None
 
     @property
     def about(self) -> str:

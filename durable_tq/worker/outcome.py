@@ -21,12 +21,14 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 import durable_tq
 
 __all__ = [
+    "Cancelled",
     "Fail",
     "Failed",
     "Outcome",
     "Released",
     "Retry",
     "Succeeded",
+    "TaskCancelled",
     "describe_exception",
     "safe_result",
 ]
@@ -98,7 +100,23 @@ class Released:
     delay: float | None = None
 
 
-Outcome = Succeeded | Failed | Released
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The task's cancel was requested and the handler stopped: it ends ``cancelled``."""
+
+    reason: str
+
+
+Outcome = Succeeded | Failed | Released | Cancelled
+
+
+class TaskCancelled(TaskControl):
+    """Raised by ``ctx.check_cancelled()`` once the task's cancel was requested; the worker
+    then settles the task as ``cancelled``."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"task {task_id} was cancelled")
+        self.task_id = task_id
 
 
 def _type_name(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from durable_tq.protocol import WorkerCommand
 from durable_tq.worker.context import TaskContext
 from durable_tq.worker.execute import Executor
 from durable_tq.worker.leases import Lease, LeaseKeeper
-from durable_tq.worker.outcome import Outcome, Released
+from durable_tq.worker.outcome import Cancelled, Outcome, Released, Succeeded
 from durable_tq.worker.settle import Settler, backoff
 from durable_tq.worker.task import Task
 
@@ -40,6 +40,8 @@ SETTLE_ON_STOP = 10.0
 SETTLE_ON_STOP_NOW = 2.0
 #: ``until_idle``: how often to look at the queues while tasks run elsewhere or are scheduled.
 IDLE_POLL = 0.1
+#: Progress is sent at most this often per task (the last value always before settling).
+PROGRESS_EVERY = 1.0
 #: How often the INFO line counting settled tasks is written (when there were any).
 SUMMARY_EVERY = 10.0
 
@@ -99,6 +101,8 @@ class _Running:
     #: Its handler has a slot (False: prefetched, waiting for one).
     started: bool = False
     settling: bool = False
+    #: Its scope was cancelled because the task's cancel was requested (not a stop).
+    revoked: bool = False
 
 
 class Runtime:
@@ -168,6 +172,7 @@ class Runtime:
             services.start_soon(self._heartbeats, name="durable_tq heartbeats")
             services.start_soon(self.settler.run, name="durable_tq settler")
             services.start_soon(self._summaries, name="durable_tq summaries")
+            services.start_soon(self._progress_reports, name="durable_tq progress")
             if handle_signals:
                 services.start_soon(self._watch_signals, name="durable_tq signals")
             async with anyio.create_task_group() as work:
@@ -260,6 +265,43 @@ class Runtime:
                 self._start(task)
         if reply.worker_state is not None:
             self._obey(reply.worker_state)
+        self._revoke(reply.cancel)
+
+    def _revoke(self, task_ids: list[int]) -> None:
+        """The broker asked for these tasks to be cancelled: stop their handlers. An async
+        handler is cancelled at once; a sync one sees ``ctx.cancelled`` (cooperative)."""
+        for task_id in task_ids:
+            running = self.running.get(task_id)
+            if running is None or running.lease.cancel_requested:
+                continue
+            running.lease.cancel_requested = True
+            logger.info("%s: cancel requested; stopping its handler", running.lease.about)
+            if running.task.is_async and not running.settling:
+                running.revoked = True
+                running.scope.cancel()
+
+    async def _progress_reports(self) -> None:
+        """Every PROGRESS_EVERY seconds, send the progress reported since the last time."""
+        while True:
+            await anyio.sleep(PROGRESS_EVERY)
+            for running in list(self.running.values()):
+                if running.lease.progress is not None and not running.settling:
+                    await self._send_progress(running.lease)
+
+    async def _send_progress(self, lease: Lease) -> None:
+        report, lease.progress = lease.progress, None
+        if report is None or lease.lost:
+            return
+        task = lease.task
+        try:
+            cancel = await self.client.progress(
+                task.task_id, task.lease_token, report[0], report[1], timeout=5.0
+            )
+        except errors.DurableTQError as exc:
+            logger.debug("%s: progress not recorded: %s", lease.about, exc)
+            return
+        if cancel:
+            self._revoke([task.task_id])
 
     async def _claim_loop(self) -> None:
         config = self.config
@@ -346,7 +388,13 @@ class Runtime:
                         outcome = await self.executor.execute(task, claimed.payload, ctx)
                 finally:
                     self.slots.give()
+            if lease.cancel_requested and not isinstance(outcome, Succeeded):
+                # Stopped on a cancel request (or gave up after seeing it): it ends cancelled.
+                # A handler that finished anyway is acked: its work is done.
+                outcome = Cancelled("cancelled while running")
             running.settling = True
+            if lease.progress is not None:
+                await self._send_progress(lease)  # the last value, before the outcome
             elapsed = anyio.current_time() - started
             await self.settler.settle(lease, task, outcome, elapsed)
         finally:
@@ -369,7 +417,7 @@ class Runtime:
             if failures == 0 and anyio.current_time() - self.settler.last_answered < interval:
                 continue  # a settle answered within the interval: it was our heartbeat
             try:
-                state = await self.client.heartbeat(timeout=max(interval, 5.0))
+                beat = await self.client.heartbeat_reply(timeout=max(interval, 5.0))
             except errors.NotFound:
                 # The broker forgot us (a long outage); a new connection registers again.
                 logger.warning(
@@ -386,7 +434,8 @@ class Runtime:
                 )
                 continue
             failures = 0
-            self._obey(state)
+            self._obey(beat.state)
+            self._revoke(beat.cancel)
 
     async def _reconnect(self) -> None:
         try:

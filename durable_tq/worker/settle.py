@@ -29,7 +29,14 @@ from durable_tq import errors
 from durable_tq.client import AsyncClient, ClaimArgs, RequestTimeout, Settlement, SettleReply
 from durable_tq.wire import schema as s
 from durable_tq.worker.leases import Lease
-from durable_tq.worker.outcome import Failed, Outcome, Released, Succeeded, handler_traceback
+from durable_tq.worker.outcome import (
+    Cancelled,
+    Failed,
+    Outcome,
+    Released,
+    Succeeded,
+    handler_traceback,
+)
 from durable_tq.worker.task import Task
 
 __all__ = ["Settler", "backoff"]
@@ -53,6 +60,8 @@ def backoff(attempt: int) -> float:
 def _verb(outcome: Outcome) -> str:
     if isinstance(outcome, Succeeded):
         return "ack"
+    if isinstance(outcome, Cancelled):
+        return "cancel"
     return "fail" if isinstance(outcome, Failed) else "release"
 
 
@@ -265,6 +274,17 @@ class Settler:
                 outcome.summary,
                 fate,
                 trace,
+            )
+        elif isinstance(outcome, Cancelled):
+            await self._submit(
+                Settlement.cancel(claimed.task_id, claimed.lease_token, outcome.reason)
+            )
+            logger.info(
+                "%s: %s cancelled after %.3f s (%s)",
+                lease.about,
+                task.name,
+                elapsed,
+                outcome.reason,
             )
         else:
             assert isinstance(outcome, Released)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, Unpack
 
 from durable_tq import errors
-from durable_tq.client import EnqueueResult
+from durable_tq.client import EnqueueResult, TaskInfo
 from durable_tq.worker.context import TaskContext
 
-__all__ = ["EnqueueOptions", "Task"]
+__all__ = ["EnqueueOptions", "Task", "TaskHandle", "TaskHandleSync"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -25,6 +26,9 @@ class EnqueueOptions(TypedDict, total=False):
     max_attempts: int | None
     lease: float | None
     unique_key: str | None
+    result_ttl: float | None
+    after: Sequence[int] | None
+    on_parent_failure: str | None
     timeout: float | None
 
 
@@ -38,6 +42,46 @@ class Producer(Protocol):
     def enqueue_sync(
         self, queue: str, payload: Any = None, **options: Unpack[EnqueueOptions]
     ) -> EnqueueResult: ...
+
+    async def wait_for(self, task_id: int, timeout: float) -> TaskInfo: ...  # noqa: ASYNC109
+
+    def wait_for_sync(self, task_id: int, timeout: float) -> TaskInfo: ...
+
+
+def _result_of(task: TaskInfo) -> Any:
+    if task.state == "succeeded":
+        return task.result
+    raise errors.TaskFailed(
+        f"task {task.task_id} ended {task.state}: {task.last_error or 'no error recorded'}",
+        task=task,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """What ``Task.enqueue`` returns: the task's id, and a way to wait for its result."""
+
+    task_id: int
+    created: bool
+    _producer: Producer
+
+    async def result(self, timeout: float = 30.0) -> Any:  # noqa: ASYNC109
+        """The handler's return value once the task succeeded. Raises ``TaskFailed`` if it
+        ended dead or cancelled, ``WaitTimeout`` if it is not finished within ``timeout``."""
+        return _result_of(await self._producer.wait_for(self.task_id, timeout))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandleSync:
+    """What ``Task.enqueue_sync`` returns: ``TaskHandle`` for blocking code."""
+
+    task_id: int
+    created: bool
+    _producer: Producer
+
+    def result(self, timeout: float = 30.0) -> Any:
+        """As ``TaskHandle.result``, blocking."""
+        return _result_of(self._producer.wait_for_sync(self.task_id, timeout))
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -118,14 +162,16 @@ class Task:
             return self.fn(payload, ctx)
         return self.fn(payload, **{self._context_style: ctx})
 
-    async def enqueue(
-        self, payload: Any = None, **options: Unpack[EnqueueOptions]
-    ) -> EnqueueResult:
-        """Put a task for this handler on its queue (async)."""
+    async def enqueue(self, payload: Any = None, **options: Unpack[EnqueueOptions]) -> TaskHandle:
+        """Put a task for this handler on its queue (async); ``await handle.result()``."""
         merged: EnqueueOptions = {**self.defaults, **options}
-        return await self._producer.enqueue(self.queue, payload, **merged)
+        done = await self._producer.enqueue(self.queue, payload, **merged)
+        return TaskHandle(done.task_id, done.created, self._producer)
 
-    def enqueue_sync(self, payload: Any = None, **options: Unpack[EnqueueOptions]) -> EnqueueResult:
+    def enqueue_sync(
+        self, payload: Any = None, **options: Unpack[EnqueueOptions]
+    ) -> TaskHandleSync:
         """Put a task for this handler on its queue, blocking (scripts, sync handlers)."""
         merged: EnqueueOptions = {**self.defaults, **options}
-        return self._producer.enqueue_sync(self.queue, payload, **merged)
+        done = self._producer.enqueue_sync(self.queue, payload, **merged)
+        return TaskHandleSync(done.task_id, done.created, self._producer)

@@ -26,6 +26,7 @@ from durable_tq.client import (
     AsyncClient,
     Client,
     EnqueueResult,
+    TaskInfo,
     WorkerRegistration,
 )
 from durable_tq.worker.execute import Executor
@@ -648,6 +649,32 @@ class Worker:
             target.url, token=target.token, ssl_context=target.ssl_context
         ) as client:
             return client.enqueue(queue, payload, **options)
+
+    async def wait_for(self, task_id: int, timeout: float) -> TaskInfo:  # noqa: ASYNC109
+        """Wait until a task is finished (``AsyncClient.wait``), on the same connection
+        ``enqueue`` would use; for ``TaskHandle.result``."""
+        if isinstance(self._client, AsyncClient):
+            return await self._client.wait(task_id, timeout=timeout)
+        runtime = self._runtime
+        if runtime is not None and threading.get_ident() == self._loop_thread:
+            return await runtime.client.wait(task_id, timeout=timeout)
+        async with self._new_client() as client:
+            return await client.wait(task_id, timeout=timeout)
+
+    def wait_for_sync(self, task_id: int, timeout: float) -> TaskInfo:
+        """``wait_for`` for blocking code."""
+        if isinstance(self._client, Client):
+            return self._client.wait(task_id, timeout=timeout)
+        runtime = self._runtime
+        if runtime is not None:
+            if threading.get_ident() == self._loop_thread:
+                raise RuntimeError("result() would block the event loop; await it")
+            return runtime.portal.call(functools.partial(self.wait_for, task_id, timeout))
+        target = self.broker_target()
+        with Client.from_url(
+            target.url, token=target.token, ssl_context=target.ssl_context
+        ) as client:
+            return client.wait(task_id, timeout=timeout)
 
 
 def _refused_for_good(exc: BaseException) -> bool:

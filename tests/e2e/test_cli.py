@@ -306,7 +306,12 @@ def test_cancel_and_conflict(url: str, client: Client) -> None:
     cancelled = ok_json("cancel", str(task_id), "--url", url)
     assert cancelled == {"task_id": task_id, "state": "cancelled"}
     leased_id = client.enqueue("q", 2).task_id
-    assert client.claim("q")[0].task_id == leased_id
+    leased = client.claim("q")[0]
+    assert leased.task_id == leased_id
+    cancelling = ok_json("cancel", str(leased_id), "--url", url)
+    assert cancelling == {"task_id": leased_id, "state": "cancelling"}
+    assert "is being cancelled" in ok("cancel", str(leased_id), "--url", url).stdout
+    client.ack(leased_id, leased.lease_token)
     stderr = expect_exit(invoke("cancel", str(leased_id), "--url", url), 1)
     assert stderr.startswith("error: conflict: ")
 
@@ -577,3 +582,19 @@ def test_db_mode_reads_a_stopped_brokers_file(settings: Settings) -> None:
     assert _digest(settings.db_path) == digest  # read-only: not a byte changed
     expect_exit(invoke("stats", "--db", str(settings.db_path) + ".nope"), 2)
     expect_exit(invoke("stats", "--db", db, "--url", "tcp://127.0.0.1:1"), 2)
+
+
+def test_cli_wait_enqueue_after_and_exit_codes(url: str, client: Client) -> None:
+    parent = client.enqueue("c", 1).task_id
+    child = ok_json("enqueue", "c", "2", "--after", str(parent), "--url", url)
+    assert client.get(child["task_id"]).state == "waiting"
+    assert expect_exit(
+        invoke("tasks", "wait", str(child["task_id"]), "--timeout", "0.1", "--url", url),
+        4,
+    )
+    (claimed,) = client.claim(["c"])
+    client.ack(claimed.task_id, claimed.lease_token, result="r")
+    done = ok_json("tasks", "wait", str(parent), "--url", url)
+    assert done["state"] == "succeeded" and done["done"] is True
+    assert client.cancel(child["task_id"]) == "cancelled"
+    expect_exit(invoke("tasks", "wait", str(child["task_id"]), "--url", url), 1)

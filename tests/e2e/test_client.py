@@ -270,6 +270,9 @@ async def test_cancel(client: AsyncClient) -> None:
 
     await client.enqueue("c", "y")
     leased = await claim_one(client, "c")
+    # A running task is told to stop (issue 14); a finished one cannot be cancelled.
+    assert await client.cancel(leased.task_id) == "cancelling"
+    await client.ack(leased.task_id, leased.lease_token)
     with pytest.raises(errors.Conflict):
         await client.cancel(leased.task_id)
 

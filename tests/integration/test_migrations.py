@@ -25,6 +25,9 @@ EXPECTED_OBJECTS = {
     ("index", "schedules_due"),
     ("index", "tasks_ready_by_key"),
     ("index", "tasks_leased_by_key"),
+    ("index", "tasks_expiry"),
+    ("table", "task_deps"),
+    ("index", "task_deps_parent"),
 }
 
 
@@ -82,3 +85,42 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")
     with pytest.raises(errors.ConfigError, match="without gaps"):
         migrate.load_migrations(tmp_path)
+
+
+def test_migration_3_rebuilds_tasks_with_their_rows_and_keeps_ids_unused(tmp_path: Path) -> None:
+    """0003 rebuilds the tasks table (a CHECK cannot be altered): rows, indexes and the id
+    sequence survive, and the new state ``waiting`` is accepted."""
+    full = migrate.load_migrations()
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    for m in full[:2]:
+        (folder / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    conn = connect(tmp_path / "a.db")
+    migrate.apply_migrations(conn, folder)
+    insert = (
+        "INSERT INTO tasks (queue, state, payload, max_attempts, lease_seconds, run_at,"
+        " created_at, updated_at, finished_at, result, unique_key)"
+        " VALUES ('q', ?, '{\"n\": 1}', 5, 30, 1, 1, 1, ?, ?, ?)"
+    )
+    conn.execute(insert, ("queued", None, None, "k"))
+    conn.execute(insert, ("succeeded", 2.0, "[1, 2]", None))
+    conn.execute(insert, ("dead", 3.0, None, None))
+    conn.execute("DELETE FROM tasks WHERE id = 3")  # the highest id is gone, not free
+    before = conn.execute(
+        "SELECT id, queue, state, payload, finished_at, result, unique_key FROM tasks"
+    ).fetchall()
+    migrate.apply_migrations(conn)
+    assert migrate.current_version(conn) == migrate.latest_version()
+    after = conn.execute(
+        "SELECT id, queue, state, payload, finished_at, result, unique_key FROM tasks"
+    ).fetchall()
+    assert after == before
+    assert schema(conn) == EXPECTED_OBJECTS
+    conn.execute(insert, ("waiting", None, None, None))
+    ids = [row[0] for row in conn.execute("SELECT id FROM tasks ORDER BY id")]
+    assert ids == [1, 2, 4]
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(insert, ("bogus", None, None, None))
+    # The live unique_key still holds.
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(insert, ("waiting", None, None, "k"))

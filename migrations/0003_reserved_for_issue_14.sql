@@ -1,3 +1,0 @@
--- durable_tq schema, version 3: reserved for issue 14 (wait, revoke, progress, result expiry,
--- dependencies), which lands on another branch. This placeholder keeps the numbering gapless
--- on the `sched` branch; issue 14's real 0003 replaces it when the branches meet.
