@@ -61,6 +61,9 @@ NOTICE_TIMEOUT = 2.0
 #: Ops whose ok reply hands out leases: if such a reply cannot be delivered, the tasks are
 #: handed straight back (nobody else knows they are leased).
 LEASING_OPS = frozenset({"claim", "settle"})
+#: Reads that park until something happens (``wait``): they do not take one of the
+#: connection's read slots, or two parked waits would hold up every other read behind them.
+PARKING_READS = frozenset({"wait"})
 #: How often a connection over its reply bound checks whether the peer has read some (only
 #: while it has stopped reading and running that peer's requests).
 TRANSPORT_DRAIN_POLL = 0.01
@@ -435,7 +438,7 @@ class _Connection:
             if op.name in LEASING_OPS:
                 await self._run_leasing(request_id, request, op)
                 return
-            if not op.writes:
+            if not op.writes and op.name not in PARKING_READS:
                 async with self._reads:
                     await self._writable()
                     reply, closes = await self._execute(request_id, request, op)

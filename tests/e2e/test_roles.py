@@ -55,6 +55,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "schedule_remove": {"name": "missing"},
     "set_queue_limits": {"queue": "other", "max_leased": 5},
     "queue_info": {"queue": "other"},
+    "wait": {"task_id": 999, "timeout": 0},
+    "progress": {"task_id": 1, "lease_token": "x", "fraction": 0.5},
+    "queue_settings": {"queue": "other"},
 }
 SESSION_OPS = {"hello", "bye"}
 
@@ -91,8 +94,8 @@ async def test_every_op_with_every_role(
 
 def test_the_roles_the_issue_names() -> None:
     """Producer: enqueue and reads; worker adds claim and settling; admin everything."""
-    producer_ops = {"enqueue", "enqueue_many", "get", "list", "stats"}
-    worker_ops = {"claim", "ack", "fail", "release", "settle", "extend", "heartbeat"}
+    producer_ops = {"enqueue", "enqueue_many", "get", "list", "stats", "wait"}
+    worker_ops = {"claim", "ack", "fail", "release", "settle", "extend", "heartbeat", "progress"}
     admin_ops = {"cancel", "requeue", "pause", "resume", "purge", "worker_state"}
     assert {OPS[n].role for n in producer_ops} == {Role.PRODUCER}
     assert {OPS[n].role for n in worker_ops} == {Role.WORKER}

@@ -834,9 +834,16 @@ async def test_settle_with_claim_leases_after_settling_in_one_round_trip(broker:
     assert plain(await broker.settle(settles=[], claim=claim_args, session=session))["tasks"] == []
 
 
-async def test_a_batch_with_any_durable_write_commits_with_full_sync(broker: Broker) -> None:
+async def test_a_batch_with_any_durable_write_commits_with_full_sync(
+    make_settings: Callable[..., Settings],
+) -> None:
     """Claims, extends and heartbeats alone commit without waiting for the fsync; any batch
     that holds a durable write (enqueue, ack...) commits with synchronous=FULL."""
+    async with Broker(make_settings()) as broker:  # no sweeper: its writes would share batches
+        await _check_sync_levels(broker)
+
+
+async def _check_sync_levels(broker: Broker) -> None:
 
     def level(conn: Any, batch: Any) -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])  # 1 NORMAL, 2 FULL
