@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import sqlite3
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from durable_tq import errors, limits, queries, scheduler
+from durable_tq import backoff, errors, limits, queries, scheduler
 from durable_tq.clock import BrokerTime, Clock
 from durable_tq.config import Settings
 from durable_tq.store import Batch, Store
@@ -169,10 +168,13 @@ def parent_refs(args: object) -> tuple[int | EarlierItem, ...]:
 
 
 def backoff_delay(attempt: int, settings: Settings) -> float:
-    """Exponential backoff with jitter: base * 2^(attempt-1), capped, grown by up to jitter."""
-    exponent = min(max(attempt - 1, 0), 62)
-    delay = min(settings.backoff_cap, settings.backoff_base * (2.0**exponent))
-    return min(settings.backoff_cap, delay * (1.0 + random.uniform(0.0, settings.backoff_jitter)))
+    """The retry delay of a failed attempt, from the settings (durable_tq.backoff)."""
+    return backoff.backoff_delay(
+        attempt,
+        base=settings.backoff_base,
+        cap=settings.backoff_cap,
+        jitter=settings.backoff_jitter,
+    )
 
 
 def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:

@@ -55,6 +55,7 @@ import anyio.abc
 
 from durable_tq import errors
 from durable_tq.client import AsyncClient, ClaimArgs, ClaimedTask, RequestTimeout, Settlement
+from durable_tq.wire.schema import PROTOCOL_VERSION
 
 log = logging.getLogger("durable_tq.torture")
 
@@ -537,7 +538,10 @@ def broker_stats(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             with sock.makefile("rwb") as stream:
-                stream.write(b'{"id":1,"op":"hello","version":1,"client":"torture-probe"}\n')
+                stream.write(
+                    b'{"id":1,"op":"hello","version":%d,"client":"torture-probe"}\n'
+                    % PROTOCOL_VERSION
+                )
                 stream.write(b'{"id":2,"op":"stats"}\n{"id":3,"op":"bye"}\n')
                 stream.flush()
                 replies = [json.loads(stream.readline()) for _ in range(2)]

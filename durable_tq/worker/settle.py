@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from durable_tq import errors
+from durable_tq.backoff import backoff_delay
 from durable_tq.client import AsyncClient, ClaimArgs, RequestTimeout, Settlement, SettleReply
 from durable_tq.wire import schema as s
 from durable_tq.worker.leases import Lease
@@ -53,8 +53,7 @@ MAX_BATCH = 256
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before try ``attempt + 1``: exponential, half fixed and half random."""
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** max(attempt - 1, 0))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return backoff_delay(attempt, base=_BACKOFF_BASE, cap=_BACKOFF_CAP, jitter=-0.5)
 
 
 def _verb(outcome: Outcome) -> str:
