@@ -177,10 +177,17 @@ async def test_errors_map_to_status_codes(stub: Any) -> None:
         await stub.Ack(pb.AckRequest(task_id=task_id, lease_token="not-the-token"))
     assert lost.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_code(lost.value) == "lease_lost"
+    await stub.Ack(pb.AckRequest(task_id=task_id, lease_token=task.lease_token))
     with pytest.raises(grpc.aio.AioRpcError) as conflict:
-        await stub.Cancel(pb.CancelRequest(task_id=task.task_id))
+        await stub.Cancel(pb.CancelRequest(task_id=task_id))
     assert conflict.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_code(conflict.value) == "conflict"
+    with pytest.raises(grpc.aio.AioRpcError) as too_long:
+        await stub.Wait(pb.WaitRequest(task_id=task_id, timeout=1e9))
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as no_parent:
+        await stub.Enqueue(pb.EnqueueRequest(queue="f", after=[pb.Parent(task_id=999)]))
+    assert error_code(no_parent.value) == "not_found"
 
 
 async def test_busy_carries_the_retry_delay(
@@ -238,6 +245,161 @@ async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:
     await call.done_writing()
     names = {s.name for s in answer.list_services_response.service}
     assert {"durable_tq.v1.DurableTQ", "grpc.health.v1.Health"} <= names
+
+
+async def test_cancel_a_leased_task_reaches_its_worker(stub: Any) -> None:
+    task_id = await enqueue(stub, "rev", 1)
+    (task,) = (await stub.Claim(pb.ClaimRequest(queues=["rev"]))).tasks
+    assert (await stub.Cancel(pb.CancelRequest(task_id=task_id))).state == "cancelling"
+    assert (await stub.Get(pb.GetRequest(task_id=task_id))).task.cancel_requested
+    lease = pb.ExtendRequest(task_id=task_id, lease_token=task.lease_token, lease=30)
+    assert (await stub.Extend(lease)).cancel
+    progress = pb.ProgressRequest(
+        task_id=task_id, lease_token=task.lease_token, fraction=0.5, message="half"
+    )
+    assert (await stub.Progress(progress)).cancel
+    settled = await stub.Settle(
+        pb.SettleRequest(
+            settles=[pb.SettleItem(task_id=task_id, lease_token=task.lease_token, outcome="cancel")]
+        )
+    )
+    assert settled.results[0].ok and settled.results[0].state == "cancelled"
+    info = (await stub.Get(pb.GetRequest(task_id=task_id))).task
+    assert info.state == "cancelled" and info.progress == 0.5 and info.progress_message == "half"
+
+
+async def test_wait_is_woken_by_an_ack(stub: Any) -> None:
+    task_id = await enqueue(stub, "wq", {"x": 1}, result_ttl=600, concurrency_key="k")
+    timed_out = await stub.Wait(pb.WaitRequest(task_id=task_id, timeout=0.1))
+    assert not timed_out.done and timed_out.task.state == "queued"
+    (task,) = (await stub.Claim(pb.ClaimRequest(queues=["wq"]))).tasks
+    waited: list[pb.WaitReply] = []
+
+    async def wait() -> None:
+        waited.append(await stub.Wait(pb.WaitRequest(task_id=task_id, timeout=LIMIT)))
+
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.sleep(0.3)
+            assert not waited  # parked until the ack
+            ack = pb.AckRequest(task_id=task_id, lease_token=task.lease_token, result_json="7")
+            await stub.Ack(ack)
+    (reply,) = waited
+    assert reply.done and reply.task.state == "succeeded" and reply.task.result_json == "7"
+    assert reply.task.result_ttl == 600 and reply.task.HasField("expires_at")
+    settings = await stub.QueueSettings(pb.QueueSettingsRequest(queue="wq", result_ttl_json="60"))
+    assert settings.queue == "wq" and settings.result_ttl == 60
+    cleared = await stub.QueueSettings(pb.QueueSettingsRequest(queue="wq", result_ttl_json="null"))
+    assert not cleared.HasField("result_ttl")
+
+
+async def test_dependencies_by_task_id_and_index(stub: Any) -> None:
+    parent = await enqueue(stub, "dep", "p")
+    many = await stub.EnqueueMany(
+        pb.EnqueueManyRequest(
+            tasks=[
+                pb.EnqueueRequest(queue="dep", payload_json='"a"'),
+                pb.EnqueueRequest(
+                    queue="dep",
+                    payload_json='"b"',
+                    after=[pb.Parent(task_id=parent), pb.Parent(index=0)],
+                    on_parent_failure="cancel",
+                ),
+            ]
+        )
+    )
+    first, child = many.task_ids
+    assert (await stub.Get(pb.GetRequest(task_id=child))).task.state == "waiting"
+    assert (await stub.Stats(pb.StatsRequest())).queues["dep"].waiting == 1
+    claimed = (await stub.Claim(pb.ClaimRequest(queues=["dep"], max=5))).tasks
+    assert sorted(t.task_id for t in claimed) == sorted([parent, first])
+    for task in claimed:
+        await stub.Ack(pb.AckRequest(task_id=task.task_id, lease_token=task.lease_token))
+    assert (await stub.Get(pb.GetRequest(task_id=child))).task.state == "queued"
+
+
+async def test_schedules_and_queue_limits(stub: Any) -> None:
+    upsert = pb.ScheduleUpsertRequest(
+        name="tick", queue="sched", every=3600, payload_json='{"n": 1}', priority=2
+    )
+    created = await stub.ScheduleUpsert(upsert)
+    assert created.change == "created" and created.schedule.every == 3600
+    assert not created.schedule.HasField("cron")
+    assert json.loads(created.schedule.payload_json) == {"n": 1}
+    assert (await stub.ScheduleUpsert(upsert)).change == "unchanged"
+    nightly = pb.ScheduleUpsertRequest(name="nightly", queue="sched", cron="0 3 * * *", tz="UTC")
+    assert (await stub.ScheduleUpsert(nightly)).schedule.cron == "0 3 * * *"
+    listed = await stub.ScheduleList(pb.ScheduleListRequest())
+    assert sorted(s.name for s in listed.schedules) == ["nightly", "tick"]
+    paused = await stub.SchedulePause(pb.SchedulePauseRequest(name="tick"))
+    assert paused.schedule.paused
+    resumed = await stub.ScheduleResume(pb.ScheduleResumeRequest(name="tick"))
+    assert not resumed.schedule.paused
+    await stub.ScheduleRemove(pb.ScheduleRemoveRequest(name="nightly"))
+    listed = await stub.ScheduleList(pb.ScheduleListRequest())
+    assert [s.name for s in listed.schedules] == ["tick"]
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await stub.ScheduleUpsert(
+            pb.ScheduleUpsertRequest(name="x", queue="q", every=60, cron="* * * * *")
+        )
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    limits = pb.SetQueueLimitsRequest(queue="lim", rate=5, burst=10, max_leased=2)
+    info = await stub.SetQueueLimits(limits)
+    assert info.queue == "lim" and info.limits.rate == 5 and info.limits.max_leased == 2
+    assert not info.limits.HasField("key_concurrency") and info.HasField("tokens")
+    await enqueue(stub, "lim", 1)
+    info = await stub.QueueInfo(pb.QueueInfoRequest(queue="lim"))
+    assert info.counts.queued == 1 and not info.paused
+    assert (await stub.Stats(pb.StatsRequest())).queues["lim"].limits.burst == 10
+    removed = await stub.SetQueueLimits(pb.SetQueueLimitsRequest(queue="lim", rate=0))
+    assert not removed.limits.HasField("rate") and removed.limits.max_leased == 2
+
+
+async def test_token_roles(
+    make_server: Callable[..., AbstractAsyncContextManager[BrokerServer]],
+) -> None:
+    tokens = [
+        {"token": "p", "role": "producer"},
+        {"token": "w", "role": "worker"},
+        {"token": "a", "role": "admin"},
+    ]
+    async with (
+        make_server(grpc="127.0.0.1:0", auth_tokens=tokens) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        stub = pb_grpc.DurableTQStub(channel)
+
+        def bearer(token: str) -> tuple[tuple[str, str], ...]:
+            return (("authorization", f"Bearer {token}"),)
+
+        made = await stub.Enqueue(pb.EnqueueRequest(queue="r"), metadata=bearer("p"))
+        task_id = made.task_id
+        admin_calls = [
+            lambda md: stub.Cancel(pb.CancelRequest(task_id=task_id), metadata=md),
+            lambda md: stub.ScheduleUpsert(
+                pb.ScheduleUpsertRequest(name="s", queue="r", every=60), metadata=md
+            ),
+            lambda md: stub.SetQueueLimits(pb.SetQueueLimitsRequest(queue="r"), metadata=md),
+        ]
+        for token in ("p", "w"):
+            for call in admin_calls:
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await call(bearer(token))
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert error_code(denied.value) == "forbidden"
+        with pytest.raises(grpc.aio.AioRpcError) as claim:
+            await stub.Claim(pb.ClaimRequest(queues=["r"]), metadata=bearer("p"))
+        assert claim.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        register = pb.HelloRequest(version=1, worker=pb.WorkerSpec(id="w1", queues=["r"]))
+        with pytest.raises(grpc.aio.AioRpcError) as hello:
+            await stub.Hello(register, metadata=bearer("p"))
+        assert hello.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await stub.Hello(register, metadata=bearer("w"))).version == 1
+        listed = await stub.ScheduleList(pb.ScheduleListRequest(), metadata=bearer("p"))
+        assert list(listed.schedules) == []
+        assert (await stub.Cancel(pb.CancelRequest(task_id=task_id), metadata=bearer("a"))).state
 
 
 # --- the worker stream --------------------------------------------------------------------------
@@ -458,3 +620,28 @@ async def test_worker_stream_survives_a_broker_crash(serve_subprocess: Any) -> N
     # (at-least-once), and every task ended succeeded.
     assert confirmed <= set(ids)
     assert states == ["succeeded"] * total
+
+
+async def test_stream_tells_the_worker_of_a_cancel(
+    make_server: Callable[..., AbstractAsyncContextManager[BrokerServer]],
+) -> None:
+    async with (
+        make_server(grpc="127.0.0.1:0", heartbeat_interval=0.1) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        stub = pb_grpc.DurableTQStub(channel)
+        task_id = await enqueue(stub, "sc", 1)
+        worker = WorkStream(stub, "scw", ["sc"])
+        async with worker.running():
+            await worker.open(credit=1)
+            (task,) = await worker.tasks(1)
+            assert (await stub.Cancel(pb.CancelRequest(task_id=task_id))).state == "cancelling"
+            with anyio.fail_after(LIMIT):
+                while list((await worker.read()).cancel) != [task_id]:
+                    pass
+            cancel = pb.SettleItem(task_id=task_id, lease_token=task.lease_token, outcome="cancel")
+            await worker.settle([cancel])
+            with anyio.fail_after(LIMIT):
+                while not (await worker.read()).HasField("settled"):
+                    pass
+            assert worker.settled[-1].results[0].state == "cancelled"

@@ -31,12 +31,21 @@ NESTED = {
     s.QueueStats: "QueueStats",
     s.SkippedTask: "SkippedTask",
     s.WorkerInfo: "WorkerInfo",
+    s.EarlierItem: "Parent",
+    s.ScheduleInfo: "ScheduleInfo",
+    s.QueueLimits: "QueueLimits",
 }
+#: Proto fields beyond the struct's: ``Parent`` is the wire's ``TaskId | EarlierItem`` (a oneof
+#: of a task id and an index); ``stats`` adds a ``limits`` object to each limited queue
+#: (docs/protocol.md, "Schedules and queue limits"), which QueueStats does not declare.
+PROTO_ONLY = {"Parent": {"task_id"}, "QueueStats": {"limits"}}
 
 
 def proto_fields(message_name: str) -> set[str]:
     descriptor = pb.DESCRIPTOR.message_types_by_name[message_name]
-    return {wire_name(field.name) for field in descriptor.fields}
+    return {wire_name(field.name) for field in descriptor.fields} - PROTO_ONLY.get(
+        message_name, set()
+    )
 
 
 def struct_fields(struct: type[msgspec.Struct]) -> set[str]:
@@ -113,3 +122,43 @@ def test_grpc_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert load_settings(host="0.0.0.0").grpc_address == ("0.0.0.0", 0)
     with pytest.raises(errors.ConfigError, match="grpc"):
         load_settings(grpc="no-port")
+
+
+def test_parent_is_a_oneof_of_task_id_and_index() -> None:
+    parent = pb.DESCRIPTOR.message_types_by_name["Parent"]
+    assert [field.name for field in parent.oneofs_by_name["ref"].fields] == ["task_id", "index"]
+
+
+def test_after_converts_task_ids_and_index_references() -> None:
+    from durable_tq import errors
+    from durable_tq.servers.grpc.convert import to_struct
+
+    request = pb.EnqueueManyRequest(
+        tasks=[
+            pb.EnqueueRequest(queue="q"),
+            pb.EnqueueRequest(
+                queue="q",
+                after=[pb.Parent(task_id=7), pb.Parent(index=0)],
+                on_parent_failure="run",
+            ),
+        ]
+    )
+    many = to_struct(request, s.EnqueueMany)
+    assert many.tasks[0].after is None
+    assert many.tasks[1].after == [7, s.EarlierItem(index=0)]
+    assert many.tasks[1].on_parent_failure is s.ParentFailure.RUN
+    with pytest.raises(errors.BadRequest):
+        to_struct(pb.EnqueueRequest(queue="q", after=[pb.Parent()]), s.Enqueue)
+    with pytest.raises(errors.BadRequest):
+        to_struct(pb.EnqueueRequest(queue="q", after=[pb.Parent(task_id=0)]), s.Enqueue)
+
+
+def test_queue_settings_result_ttl_json_sets_clears_or_keeps() -> None:
+    from durable_tq.servers.grpc.convert import to_struct
+
+    def convert(**fields: str) -> s.QueueSettings:
+        return to_struct(pb.QueueSettingsRequest(queue="q", **fields), s.QueueSettings)
+
+    assert convert(result_ttl_json="60").result_ttl == 60
+    assert convert(result_ttl_json="null").result_ttl is None
+    assert convert().result_ttl is msgspec.UNSET

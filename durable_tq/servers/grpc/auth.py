@@ -36,9 +36,11 @@ def token_role(settings: Settings, token: str | None) -> Role | None:
     return broker_token_role(settings, token)
 
 
-def authorize(settings: Settings, token: str | None, op: Op) -> None:
+def authorize(settings: Settings, token: str | None, op: Op) -> Role:
+    """The token's role, when it may run ``op``: else ``unauthorized`` or ``forbidden``."""
     role = token_role(settings, token)
     if role is None:
         raise errors.Unauthorized("missing or wrong token (authorization: Bearer <token>)")
     if role < op.role:
         raise errors.Forbidden(f"{op.name} needs the {op.role.name.lower()} role")
+    return role

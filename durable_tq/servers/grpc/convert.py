@@ -20,8 +20,12 @@ from google.protobuf.message import Message
 from durable_tq import errors
 
 JSON_SUFFIX = "_json"
-#: Wire fields whose JSON is decoded into a value rather than passed through as raw text.
-DECODED_JSON = frozenset({"meta"})
+#: Wire fields whose JSON is decoded into a value rather than passed through as raw text
+#: (``result_ttl_json`` of QueueSettingsRequest: a number, or ``null`` to clear it).
+DECODED_JSON = frozenset({"meta", "result_ttl"})
+#: Request messages that stand for a bare wire value when this field of theirs is set: a
+#: ``Parent`` with ``task_id`` is the task id itself, one with ``index`` is ``{"index": n}``.
+BARE_VALUE = {"Parent": "task_id"}
 
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 
@@ -53,6 +57,14 @@ def _raw_json(text: str, name: str) -> msgspec.Raw:
         raise errors.BadRequest(f"{name}: not JSON text: {exc}") from exc
 
 
+def _message_value(message: Message) -> Any:
+    """A nested request message as its wire value: its fields, or the bare value it stands for."""
+    bare = BARE_VALUE.get(message.DESCRIPTOR.name)
+    if bare is not None and message.HasField(bare):
+        return getattr(message, bare)
+    return message_to_fields(message)
+
+
 def message_to_fields(message: Message) -> dict[str, Any]:
     """The fields set in a request message, as wire names and values."""
     fields: dict[str, Any] = {}
@@ -60,9 +72,9 @@ def message_to_fields(message: Message) -> dict[str, Any]:
         name = field.name
         if field.type == _MESSAGE:
             if _is_repeated(field):
-                fields[name] = [message_to_fields(item) for item in value]
+                fields[name] = [_message_value(item) for item in value]
             else:
-                fields[name] = message_to_fields(value)
+                fields[name] = _message_value(value)
         elif name.endswith(JSON_SUFFIX):
             wire = wire_name(name)
             if wire in DECODED_JSON:

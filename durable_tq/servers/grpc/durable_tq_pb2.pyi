@@ -33,7 +33,7 @@ class HelloRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ..., token: _Optional[str] = ..., client: _Optional[str] = ..., worker: _Optional[_Union[WorkerSpec, _Mapping]] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "payload_json", "priority", "delay", "run_at", "max_attempts", "lease", "unique_key")
+    __slots__ = ("queue", "payload_json", "priority", "delay", "run_at", "max_attempts", "lease", "unique_key", "concurrency_key", "result_ttl", "after", "on_parent_failure")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,10 @@ class EnqueueRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    ON_PARENT_FAILURE_FIELD_NUMBER: _ClassVar[int]
     queue: str
     payload_json: str
     priority: int
@@ -50,7 +54,19 @@ class EnqueueRequest(_message.Message):
     max_attempts: int
     lease: float
     unique_key: str
-    def __init__(self, queue: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., delay: _Optional[float] = ..., run_at: _Optional[float] = ..., max_attempts: _Optional[int] = ..., lease: _Optional[float] = ..., unique_key: _Optional[str] = ...) -> None: ...
+    concurrency_key: str
+    result_ttl: float
+    after: _containers.RepeatedCompositeFieldContainer[Parent]
+    on_parent_failure: str
+    def __init__(self, queue: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., delay: _Optional[float] = ..., run_at: _Optional[float] = ..., max_attempts: _Optional[int] = ..., lease: _Optional[float] = ..., unique_key: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., result_ttl: _Optional[float] = ..., after: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., on_parent_failure: _Optional[str] = ...) -> None: ...
+
+class Parent(_message.Message):
+    __slots__ = ("task_id", "index")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    index: int
+    def __init__(self, task_id: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class EnqueueManyRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -140,6 +156,34 @@ class ExtendRequest(_message.Message):
     lease: float
     def __init__(self, task_id: _Optional[int] = ..., lease_token: _Optional[str] = ..., lease: _Optional[float] = ...) -> None: ...
 
+class ProgressRequest(_message.Message):
+    __slots__ = ("task_id", "lease_token", "fraction", "message")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    lease_token: str
+    fraction: float
+    message: str
+    def __init__(self, task_id: _Optional[int] = ..., lease_token: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class WaitRequest(_message.Message):
+    __slots__ = ("task_id", "timeout")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    timeout: float
+    def __init__(self, task_id: _Optional[int] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class QueueSettingsRequest(_message.Message):
+    __slots__ = ("queue", "result_ttl_json")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_JSON_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    result_ttl_json: str
+    def __init__(self, queue: _Optional[str] = ..., result_ttl_json: _Optional[str] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -217,6 +261,68 @@ class WorkerStateRequest(_message.Message):
 class ByeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ScheduleUpsertRequest(_message.Message):
+    __slots__ = ("name", "queue", "cron", "tz", "every", "payload_json", "priority", "missed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TZ_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    every: float
+    payload_json: str
+    priority: int
+    missed: str
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[str] = ..., cron: _Optional[str] = ..., tz: _Optional[str] = ..., every: _Optional[float] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., missed: _Optional[str] = ...) -> None: ...
+
+class ScheduleListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ScheduleRemoveRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SchedulePauseRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ScheduleResumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetQueueLimitsRequest(_message.Message):
+    __slots__ = ("queue", "rate", "burst", "max_leased", "key_concurrency")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEASED_FIELD_NUMBER: _ClassVar[int]
+    KEY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    rate: float
+    burst: int
+    max_leased: int
+    key_concurrency: int
+    def __init__(self, queue: _Optional[str] = ..., rate: _Optional[float] = ..., burst: _Optional[int] = ..., max_leased: _Optional[int] = ..., key_concurrency: _Optional[int] = ...) -> None: ...
+
+class QueueInfoRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -305,29 +411,41 @@ class SettleResult(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., ok: _Optional[bool] = ..., state: _Optional[str] = ..., run_at: _Optional[float] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class SettleReply(_message.Message):
-    __slots__ = ("results", "tasks", "worker_state")
+    __slots__ = ("results", "tasks", "worker_state", "cancel")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     WORKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SettleResult]
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
     worker_state: str
-    def __init__(self, results: _Optional[_Iterable[_Union[SettleResult, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., worker_state: _Optional[str] = ...) -> None: ...
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[SettleResult, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., worker_state: _Optional[str] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExtendReply(_message.Message):
-    __slots__ = ("lease_expires_at",)
+    __slots__ = ("lease_expires_at", "cancel")
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     lease_expires_at: float
-    def __init__(self, lease_expires_at: _Optional[float] = ...) -> None: ...
+    cancel: bool
+    def __init__(self, lease_expires_at: _Optional[float] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class ProgressReply(_message.Message):
+    __slots__ = ("cancel",)
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    cancel: bool
+    def __init__(self, cancel: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("state",)
+    __slots__ = ("state", "cancel")
     STATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     state: str
-    def __init__(self, state: _Optional[str] = ...) -> None: ...
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, state: _Optional[str] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "queue", "state", "payload_json", "priority", "attempts", "max_attempts", "run_at", "created_at", "updated_at", "lease_expires_at", "worker_id", "last_error", "result_json", "unique_key", "finished_at")
+    __slots__ = ("task_id", "queue", "state", "payload_json", "priority", "attempts", "max_attempts", "run_at", "created_at", "updated_at", "lease_expires_at", "worker_id", "last_error", "result_json", "unique_key", "finished_at", "progress", "progress_message", "cancel_requested", "result_ttl", "expires_at")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +462,11 @@ class TaskInfo(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     queue: str
     state: str
@@ -360,7 +483,28 @@ class TaskInfo(_message.Message):
     result_json: str
     unique_key: str
     finished_at: float
-    def __init__(self, task_id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., run_at: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_expires_at: _Optional[float] = ..., worker_id: _Optional[str] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., unique_key: _Optional[str] = ..., finished_at: _Optional[float] = ...) -> None: ...
+    progress: float
+    progress_message: str
+    cancel_requested: bool
+    result_ttl: float
+    expires_at: float
+    def __init__(self, task_id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., run_at: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_expires_at: _Optional[float] = ..., worker_id: _Optional[str] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., unique_key: _Optional[str] = ..., finished_at: _Optional[float] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_ttl: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class WaitReply(_message.Message):
+    __slots__ = ("task", "done")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    done: bool
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class QueueSettingsReply(_message.Message):
+    __slots__ = ("queue", "result_ttl")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    result_ttl: float
+    def __init__(self, queue: _Optional[str] = ..., result_ttl: _Optional[float] = ...) -> None: ...
 
 class GetReply(_message.Message):
     __slots__ = ("task",)
@@ -375,7 +519,7 @@ class CancelReply(_message.Message):
     def __init__(self, state: _Optional[str] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("scheduled", "queued", "leased", "succeeded", "dead", "cancelled", "paused", "oldest_queued_age")
+    __slots__ = ("scheduled", "queued", "leased", "succeeded", "dead", "cancelled", "paused", "oldest_queued_age", "waiting", "limits")
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     LEASED_FIELD_NUMBER: _ClassVar[int]
@@ -384,6 +528,8 @@ class QueueStats(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     OLDEST_QUEUED_AGE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     scheduled: int
     queued: int
     leased: int
@@ -392,7 +538,9 @@ class QueueStats(_message.Message):
     cancelled: int
     paused: bool
     oldest_queued_age: float
-    def __init__(self, scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., leased: _Optional[int] = ..., succeeded: _Optional[int] = ..., dead: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., oldest_queued_age: _Optional[float] = ...) -> None: ...
+    waiting: int
+    limits: QueueLimits
+    def __init__(self, scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., leased: _Optional[int] = ..., succeeded: _Optional[int] = ..., dead: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., oldest_queued_age: _Optional[float] = ..., waiting: _Optional[int] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ...) -> None: ...
 
 class StatsReply(_message.Message):
     __slots__ = ("queues", "workers", "connections", "store_json")
@@ -475,6 +623,82 @@ class WorkersReply(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
 
+class ScheduleInfo(_message.Message):
+    __slots__ = ("name", "queue", "cron", "tz", "every", "payload_json", "priority", "missed", "paused", "next_run_at", "last_slot", "created_at", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TZ_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SLOT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    every: float
+    payload_json: str
+    priority: int
+    missed: str
+    paused: bool
+    next_run_at: float
+    last_slot: float
+    created_at: float
+    updated_at: float
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[str] = ..., cron: _Optional[str] = ..., tz: _Optional[str] = ..., every: _Optional[float] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., missed: _Optional[str] = ..., paused: _Optional[bool] = ..., next_run_at: _Optional[float] = ..., last_slot: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class ScheduleUpsertReply(_message.Message):
+    __slots__ = ("schedule", "change")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleInfo
+    change: str
+    def __init__(self, schedule: _Optional[_Union[ScheduleInfo, _Mapping]] = ..., change: _Optional[str] = ...) -> None: ...
+
+class ScheduleListReply(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ...) -> None: ...
+
+class ScheduleReply(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleInfo
+    def __init__(self, schedule: _Optional[_Union[ScheduleInfo, _Mapping]] = ...) -> None: ...
+
+class QueueLimits(_message.Message):
+    __slots__ = ("rate", "burst", "max_leased", "key_concurrency")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEASED_FIELD_NUMBER: _ClassVar[int]
+    KEY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    rate: float
+    burst: int
+    max_leased: int
+    key_concurrency: int
+    def __init__(self, rate: _Optional[float] = ..., burst: _Optional[int] = ..., max_leased: _Optional[int] = ..., key_concurrency: _Optional[int] = ...) -> None: ...
+
+class QueueInfoReply(_message.Message):
+    __slots__ = ("queue", "paused", "limits", "counts", "tokens")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    paused: bool
+    limits: QueueLimits
+    counts: QueueStats
+    tokens: float
+    def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., counts: _Optional[_Union[QueueStats, _Mapping]] = ..., tokens: _Optional[float] = ...) -> None: ...
+
 class WorkOpen(_message.Message):
     __slots__ = ("worker", "client", "lease")
     WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -496,13 +720,15 @@ class WorkRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[WorkOpen, _Mapping]] = ..., settles: _Optional[_Iterable[_Union[SettleItem, _Mapping]]] = ..., credit: _Optional[int] = ...) -> None: ...
 
 class WorkResponse(_message.Message):
-    __slots__ = ("opened", "tasks", "settled", "worker_state")
+    __slots__ = ("opened", "tasks", "settled", "worker_state", "cancel")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SETTLED_FIELD_NUMBER: _ClassVar[int]
     WORKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     opened: HelloReply
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
     settled: SettleReply
     worker_state: str
-    def __init__(self, opened: _Optional[_Union[HelloReply, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., settled: _Optional[_Union[SettleReply, _Mapping]] = ..., worker_state: _Optional[str] = ...) -> None: ...
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, opened: _Optional[_Union[HelloReply, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., settled: _Optional[_Union[SettleReply, _Mapping]] = ..., worker_state: _Optional[str] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -139,6 +139,56 @@ class DurableTQStub:
                 request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ByeRequest.SerializeToString,
                 response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Progress = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/Progress',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressReply.FromString,
+                _registered_method=True)
+        self.Wait = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/Wait',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitReply.FromString,
+                _registered_method=True)
+        self.QueueSettings = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/QueueSettings',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsReply.FromString,
+                _registered_method=True)
+        self.ScheduleUpsert = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/ScheduleUpsert',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertReply.FromString,
+                _registered_method=True)
+        self.ScheduleList = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/ScheduleList',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListReply.FromString,
+                _registered_method=True)
+        self.ScheduleRemove = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/ScheduleRemove',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleRemoveRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SchedulePause = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/SchedulePause',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SchedulePauseRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.FromString,
+                _registered_method=True)
+        self.ScheduleResume = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/ScheduleResume',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleResumeRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.FromString,
+                _registered_method=True)
+        self.SetQueueLimits = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/SetQueueLimits',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SetQueueLimitsRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
+                _registered_method=True)
+        self.QueueInfo = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/QueueInfo',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
+                _registered_method=True)
         self.Work = channel.stream_stream(
                 '/durable_tq.v1.DurableTQ/Work',
                 request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WorkRequest.SerializeToString,
@@ -275,6 +325,66 @@ class DurableTQServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Progress(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Wait(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueueSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleUpsert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SchedulePause(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleResume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQueueLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueueInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Work(self, request_iterator, context):
         """The worker channel. The first message carries `open` (the worker's registration); then
         the worker sends `credit` (free slots) and `settles`, in any mix, and the broker pushes
@@ -391,6 +501,56 @@ def add_DurableTQServicer_to_server(servicer, server):
                     servicer.Bye,
                     request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ByeRequest.FromString,
                     response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.SerializeToString,
+            ),
+            'Progress': grpc.unary_unary_rpc_method_handler(
+                    servicer.Progress,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressReply.SerializeToString,
+            ),
+            'Wait': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitReply.SerializeToString,
+            ),
+            'QueueSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueSettings,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsReply.SerializeToString,
+            ),
+            'ScheduleUpsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleUpsert,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertReply.SerializeToString,
+            ),
+            'ScheduleList': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleList,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListReply.SerializeToString,
+            ),
+            'ScheduleRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleRemove,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleRemoveRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.SerializeToString,
+            ),
+            'SchedulePause': grpc.unary_unary_rpc_method_handler(
+                    servicer.SchedulePause,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SchedulePauseRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.SerializeToString,
+            ),
+            'ScheduleResume': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleResume,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleResumeRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.SerializeToString,
+            ),
+            'SetQueueLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQueueLimits,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SetQueueLimitsRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.SerializeToString,
+            ),
+            'QueueInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueInfo,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.SerializeToString,
             ),
             'Work': grpc.stream_stream_rpc_method_handler(
                     servicer.Work,
@@ -965,6 +1125,276 @@ class DurableTQ:
             '/durable_tq.v1.DurableTQ/Bye',
             durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ByeRequest.SerializeToString,
             durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Progress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/Progress',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ProgressReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/Wait',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WaitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/QueueSettings',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueSettingsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleUpsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/ScheduleUpsert',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleUpsertReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/ScheduleList',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleListReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/ScheduleRemove',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleRemoveRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SchedulePause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/SchedulePause',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SchedulePauseRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleResume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/ScheduleResume',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleResumeRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ScheduleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQueueLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/SetQueueLimits',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.SetQueueLimitsRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/QueueInfo',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,13 +118,16 @@ class DurableTQService:
         token = auth.bearer_token(context)
         if isinstance(request, schema.Hello) and token is None:
             token = request.token
-        auth.authorize(self.settings, token, op)
+        role = auth.authorize(self.settings, token, op)
         session = Session(
             greeted=True,
             worker_id=metadata_value(context, WORKER_ID_KEY),
             client=metadata_value(context, "user-agent"),
+            role=role,
         )
         if isinstance(request, schema.Hello):
+            if request.worker is not None:  # registering a worker takes the worker role
+                auth.authorize(self.settings, token, OPS["claim"])
             return await self._hello(request, token)
         if op.name in LEASING_OPS:
             return await self._leasing(op, request, session)

@@ -136,6 +136,7 @@ class _Stream:
         self._park: anyio.CancelScope | None = None
         self._write_lock = anyio.Lock()
         self._notices: list[str] = []  # worker commands not yet sent
+        self._cancels_sent: set[int] = set()  # cancel requests the worker was told of
         settings = work.settings
         self._long_poll = min(LONG_POLL, settings.max_wait)
 
@@ -259,8 +260,11 @@ class _Stream:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc.message)
                 continue
             self._set_command(str(result["state"]))
-            if self._notices:
-                await self.send(pb.WorkResponse())
+            cancel = [int(task_id) for task_id in result.get("cancel") or ()]
+            new = [task_id for task_id in cancel if task_id not in self._cancels_sent]
+            self._cancels_sent = set(cancel)
+            if self._notices or new:
+                await self.send(pb.WorkResponse(cancel=new))
 
     def _set_command(self, command: str) -> None:
         if command == self.command:
