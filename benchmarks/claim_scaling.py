@@ -3,7 +3,7 @@
 The big table holds ``--rows`` tasks, ``--finished-fraction`` of them finished (succeeded or
 dead) and the rest queued across a few queues. It is filled directly with sqlite3 (the broker
 would need one request per row), and ``queue_counts`` is then set from a count of the rows.
-Then the same measurements run against both tables through :class:`durable_tq.broker.Broker`:
+Then the same measurements run against both tables through :class:`durable_tq.core.broker.Broker`:
 
 - enqueue, issued concurrently (group commit batches them) and one after another;
 - claim + ack, one task per claim, 32 per claim, and 32 per claim across several queues;
@@ -45,10 +45,11 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from durable_tq import protocol, queries
-from durable_tq.broker import Broker, Session
+from durable_tq import protocol
+from durable_tq.backends.sqlite import queries
 from durable_tq.config import Settings, load_settings
-from durable_tq.sweeper import sweep_once
+from durable_tq.core.broker import Broker, Session
+from durable_tq.core.sweeper import sweep_once
 
 CLAIM_QUEUE = "bench"
 OTHER_QUEUES = ("emails", "reports", "thumbnails")

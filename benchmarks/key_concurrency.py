@@ -16,9 +16,9 @@ from pathlib import Path
 
 import anyio
 
-from durable_tq import migrate
-from durable_tq.broker import Broker, Session
+from durable_tq.backends.sqlite import migrate
 from durable_tq.config import load_settings
+from durable_tq.core.broker import Broker, Session
 
 OTHER_KEYS = 20
 CLAIMS = 200

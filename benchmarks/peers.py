@@ -4,7 +4,7 @@ Systems (rows of the table):
 
 - ``durable_tq``: ``durable-tq serve`` from this virtual environment, a temporary database,
   ``synchronous = FULL`` (the default), ``max_queue_depth = 0``; raw NDJSON clients
-  (``durable_tq.bench.wire``), one request at a time, then pipelined / batched;
+  (``durable_tq.tools.bench.wire``), one request at a time, then pipelined / batched;
 - ``beanstalkd -f 0``: binlog in a temporary folder, fsync after every write;
 - ``beanstalkd, no binlog``: memory only;
 - ``Huey FULL``: ``SqliteHuey`` (WAL, ``synchronous = FULL`` via ``fsync=True``) in a virtual
@@ -198,10 +198,10 @@ class BeanstalkClient:
 
 
 class DurableClient:
-    """One durable_tq connection (``durable_tq.bench.wire``), requests from bytes templates."""
+    """One durable_tq connection (``durable_tq.tools.bench.wire``), requests from templates."""
 
     def __init__(self, host: str, port: int, payload: bytes) -> None:
-        from durable_tq.bench import wire
+        from durable_tq.tools.bench import wire
 
         self.wire = wire
         self.conn = wire.connect(wire.Endpoint(host, port))
@@ -628,7 +628,7 @@ def durable_tq_command() -> list[str]:
 
 def settle_supported(port: int) -> bool:
     """Try ``settle`` once: anything but ``unknown_op`` means the broker has it."""
-    from durable_tq.bench import wire
+    from durable_tq.tools.bench import wire
 
     with wire.connect(wire.Endpoint("127.0.0.1", port)) as conn:
         request_id = conn.next_id()

@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 import pytest
 
-from durable_tq.broker import Broker
 from durable_tq.config import Settings, load_settings
-from durable_tq.server import BrokerServer
-from durable_tq.sweeper import Sweeper
+from durable_tq.core.broker import Broker
+from durable_tq.core.sweeper import Sweeper
+from durable_tq.servers.tcp import BrokerServer
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ async def broker(settings: Settings) -> AsyncIterator[Broker]:
         tg.cancel_scope.cancel()
 
 
-# --- brokers on real ports (durable_tq.server) -------------------------------------------------
+# --- brokers on real ports (durable_tq.servers.tcp) -----------------------------------------------
 #
 # ``server`` / ``broker_url``: an in-process broker on 127.0.0.1, port 0, on the ``settings``
 # fixture's fresh database; shut down gracefully after the test.

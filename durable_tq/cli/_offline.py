@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from durable_tq import broker, errors, migrate, queries, store
+from durable_tq import errors
+from durable_tq.backends.sqlite import migrate, queries, reads, store
 from durable_tq.wire import codec
 
 
@@ -56,7 +57,7 @@ def stats(conn: sqlite3.Connection, worker_timeout: float) -> dict[str, Any]:
     """The ``stats`` reply; ``connections`` is None (only a running broker knows it)."""
     now = time.time()
     result: dict[str, Any] = _read(
-        conn, "reading stats", lambda c: broker.read_stats(c, now, worker_timeout)
+        conn, "reading stats", lambda c: reads.read_stats(c, now, worker_timeout)
     )
     result["connections"] = None
     return result
@@ -73,7 +74,7 @@ def list_tasks(
     page = _read(
         conn,
         "listing tasks",
-        lambda c: broker.read_task_page(c, queue, state, limit, after_id),
+        lambda c: reads.read_task_page(c, queue, state, limit, after_id),
     )
     return _as_on_the_wire(page)
 
@@ -85,7 +86,7 @@ def get_task(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     )
     if row is None:
         raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
-    return _as_on_the_wire(broker.task_from_row(row))
+    return _as_on_the_wire(reads.task_from_row(row))
 
 
 def _as_on_the_wire(result: dict[str, Any]) -> dict[str, Any]:

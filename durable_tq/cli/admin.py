@@ -13,7 +13,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from durable_tq import config, errors, migrate, store
+from durable_tq import config, errors
+from durable_tq.backends.sqlite import migrate, store
 from durable_tq.cli._app import app
 from durable_tq.cli._common import (
     ConfigOption,

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from durable_tq.bench import names
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, EXIT_USAGE, app
 from durable_tq.cli._common import error_console, print_json, stdout_console
+from durable_tq.tools.bench import names
 
 MISSING_EXTRA = (
     "error: durable-tq bench needs psutil, which the bench extra brings: "
@@ -126,7 +126,7 @@ def bench(
         raise typer.Exit(EXIT_OPERATION_ERROR)
     # Imported here, not at the top: every command module is imported when any command runs,
     # and ``serve`` or ``worker`` should not load (or need) the benchmark.
-    from durable_tq import bench as benchmark
+    from durable_tq.tools import bench as benchmark
 
     options = benchmark.BenchOptions(
         scenarios=chosen,

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from durable_tq import errors, schedules
+from durable_tq import errors
 from durable_tq.cli._app import app
 from durable_tq.cli._common import (
     DEFAULT_TIMEOUT,
@@ -30,6 +30,7 @@ from durable_tq.cli._common import (
     relative,
     stdout_console,
 )
+from durable_tq.core import schedules
 
 schedule_app = typer.Typer(
     help="Durable schedules: cron expressions and intervals the broker fires.",

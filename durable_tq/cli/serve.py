@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from durable_tq import config, errors, server
+from durable_tq import config, errors
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
 from durable_tq.cli._common import fail, handles_errors
+from durable_tq.servers import tcp as server
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -62,7 +62,7 @@ def torture(
     # restarting after a crash should not pay for the harness.
     from rich.console import Console
 
-    from durable_tq import torture as harness
+    from durable_tq.tools import torture as harness
 
     config = harness.TortureConfig(
         duration=duration,

@@ -20,7 +20,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from pydantic import JsonValue
 
-from durable_tq import errors, locate, schedules
+from durable_tq import errors, locate
 from durable_tq.client import (
     CLIENT_NAME,
     AsyncClient,
@@ -29,6 +29,7 @@ from durable_tq.client import (
     TaskInfo,
     WorkerRegistration,
 )
+from durable_tq.core import schedules
 from durable_tq.worker.execute import Executor
 from durable_tq.worker.outcome import MAX_ERROR_CHARS
 from durable_tq.worker.runtime import Runtime, RuntimeConfig

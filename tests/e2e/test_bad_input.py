@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from durable_tq import protocol
 from durable_tq.client import Client
 from durable_tq.config import load_settings
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 MAX_FRAME = 64 * 1024
 #: Every exchange with the broker must finish within this.

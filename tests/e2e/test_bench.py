@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from durable_tq.bench import DEFAULT_SCENARIOS
 from durable_tq.cli import app
+from durable_tq.tools.bench import DEFAULT_SCENARIOS
 
 QUICK_RUN_LIMIT = 300.0
 

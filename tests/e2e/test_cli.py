@@ -24,7 +24,7 @@ from typer.testing import CliRunner, Result
 from durable_tq.cli import app
 from durable_tq.client import Client
 from durable_tq.config import Settings
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 MISSING_TASK_ID = 987_654_321
 #: Bound for every wait in this file; a working broker needs a tiny fraction of it.

@@ -34,7 +34,7 @@ from durable_tq.client import (
     TaskPage,
     WorkerInfo,
 )
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = pytest.mark.anyio
 

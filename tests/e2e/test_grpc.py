@@ -18,10 +18,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from durable_tq.client import AsyncClient
-from durable_tq.server import BrokerServer
 from durable_tq.servers.grpc import durable_tq_pb2 as pb
 from durable_tq.servers.grpc import durable_tq_pb2_grpc as pb_grpc
 from durable_tq.servers.grpc.service import rpc_name
+from durable_tq.servers.tcp import BrokerServer
 from durable_tq.wire.ops import OPS
 
 pytestmark = pytest.mark.anyio

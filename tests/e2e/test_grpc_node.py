@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 from durable_tq.client import AsyncClient
-from durable_tq.server import BrokerServer
 from durable_tq.servers.grpc import generate
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

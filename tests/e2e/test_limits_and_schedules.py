@@ -11,7 +11,7 @@ import pytest
 
 from durable_tq import Worker
 from durable_tq.client import AsyncClient
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("durable_tq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(n for n in names if n.startswith("durable_tq/_migrations/"))
-    in_repo = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    in_repo = sorted(p.name for p in (ROOT / "migrations" / "sqlite").glob("*.sql"))
     assert [Path(n).name for n in shipped] == in_repo
     assert not any(n.startswith("tests/") for n in names)  # tests stay out of the wheel
 
@@ -32,7 +32,7 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     script = (
-        "import sqlite3, durable_tq.migrate as m;"
+        "import sqlite3, durable_tq.backends.sqlite.migrate as m;"
         "print(m.migrations_dir());"
         "c = sqlite3.connect('x.db', isolation_level=None);"
         "print(len(m.apply_migrations(c)), m.current_version(c))"

@@ -24,10 +24,10 @@ import psutil
 import pytest
 
 from durable_tq import errors
+from durable_tq.backends.sqlite.store import on_db_thread
 from durable_tq.client import AsyncClient
-from durable_tq.server import BrokerServer
-from durable_tq.store import on_db_thread
-from durable_tq.torture import integrity_check
+from durable_tq.servers.tcp import BrokerServer
+from durable_tq.tools.torture import integrity_check
 
 pytestmark = pytest.mark.anyio
 

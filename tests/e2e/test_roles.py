@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from durable_tq import config, errors
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 from durable_tq.wire.ops import OPS, Role
 
 pytestmark = pytest.mark.anyio

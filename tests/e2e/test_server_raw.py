@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = pytest.mark.anyio
 
@@ -343,7 +343,7 @@ async def test_internal_error_is_short_on_the_wire_and_logged(
 
     monkeypatch.setattr(server.broker, "stats", broken)
     async with raw_connect(server.url) as conn:
-        with caplog.at_level(logging.ERROR, logger="durable_tq.server"):
+        with caplog.at_level(logging.ERROR, logger="durable_tq.servers.tcp"):
             reply = await conn.request("stats")
         assert error_code(reply) == "internal"
         assert "secret" not in json.dumps(reply) and "Traceback" not in json.dumps(reply)
@@ -363,7 +363,7 @@ async def test_claim_cut_off_mid_commit_hands_its_task_back(
     """The client leaves while its claim's write sits in a slow group commit. The write
     commits (a lease nobody will ack); the broker must hand that task back, not strand it
     until its lease (30 s here) runs out."""
-    caplog.set_level(logging.INFO, logger="durable_tq.server")
+    caplog.set_level(logging.INFO, logger="durable_tq.servers.tcp")
     async with raw_connect(server.url) as producer:
         task_id = (await producer.request("enqueue", queue="slow", payload=1))["task_id"]
 

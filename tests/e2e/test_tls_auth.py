@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from durable_tq import errors
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from durable_tq import torture
-from durable_tq.torture import History, StoredTask
+from durable_tq.tools import torture
+from durable_tq.tools.torture import History, StoredTask
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 
 from durable_tq import Fail, Retry, TaskContext, Worker
 from durable_tq.client import AsyncClient, TaskInfo
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = pytest.mark.anyio
 

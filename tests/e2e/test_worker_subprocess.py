@@ -24,7 +24,7 @@ import pytest
 
 from durable_tq import TaskContext, Worker
 from durable_tq.client import AsyncClient
-from durable_tq.server import BrokerServer
+from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

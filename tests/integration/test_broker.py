@@ -15,8 +15,8 @@ import pytest
 
 from durable_tq import errors
 from durable_tq import protocol as p
-from durable_tq.broker import Broker, Session, TaskSpec, backoff_delay
 from durable_tq.config import Settings
+from durable_tq.core.broker import Broker, Session, TaskSpec, backoff_delay
 
 pytestmark = pytest.mark.anyio
 
@@ -514,7 +514,7 @@ async def test_quiet_worker_gets_no_tasks_and_concurrency_caps_leases(broker: Br
 
 
 async def test_silent_worker_leases_are_released(make_settings: Callable[..., Settings]) -> None:
-    from durable_tq.sweeper import Sweeper
+    from durable_tq.core.sweeper import Sweeper
 
     settings = make_settings(worker_timeout=0.3, sweep_interval=0.1)
     async with Broker(settings) as broker, anyio.create_task_group() as tg:
@@ -619,7 +619,7 @@ async def test_one_bad_request_in_a_batch_does_not_spoil_the_others(broker: Brok
 
 
 async def test_retention_deletes_old_finished_tasks(make_settings: Callable[..., Settings]) -> None:
-    from durable_tq.sweeper import Sweeper
+    from durable_tq.core.sweeper import Sweeper
 
     async with Broker(make_settings(retention=0.2)) as broker:
         old = await enqueue(broker)
@@ -681,7 +681,7 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
 ) -> None:
     """stats and max_queue_depth read queue_counts: after a mix of every operation that moves
     or removes tasks, it must equal a count of the rows themselves."""
-    from durable_tq.sweeper import Sweeper
+    from durable_tq.core.sweeper import Sweeper
 
     settings = make_settings(worker_timeout=0.2, retention=0.3, release_on_disconnect=True)
     async with Broker(settings) as broker:

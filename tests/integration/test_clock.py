@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 
 from durable_tq import errors
-from durable_tq.broker import Broker, Session
-from durable_tq.clock import BrokerTime, FakeClock
 from durable_tq.config import Settings
-from durable_tq.sweeper import Sweeper
+from durable_tq.core.broker import Broker, Session
+from durable_tq.core.clock import BrokerTime, FakeClock
+from durable_tq.core.sweeper import Sweeper
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from durable_tq import errors, migrate
+from durable_tq import errors
+from durable_tq.backends.sqlite import migrate
 
 EXPECTED_OBJECTS = {
     ("table", "tasks"),

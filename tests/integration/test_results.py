@@ -8,9 +8,9 @@ import anyio
 import pytest
 
 from durable_tq import errors
-from durable_tq.broker import Broker, EarlierItem, Session, TaskSpec
 from durable_tq.config import Settings
-from durable_tq.sweeper import Sweeper
+from durable_tq.core.broker import Broker, EarlierItem, Session, TaskSpec
+from durable_tq.core.sweeper import Sweeper
 from durable_tq.wire import schema
 from tests.integration.test_broker import claim, enqueue, j, plain, state_of
 

@@ -8,8 +8,9 @@ import time
 import anyio
 import pytest
 
-from durable_tq import errors, scheduler
-from durable_tq.broker import Broker, Session
+from durable_tq import errors
+from durable_tq.core import scheduler
+from durable_tq.core.broker import Broker, Session
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from durable_tq import errors
-from durable_tq.schedules import MISFIRE_GRACE, Firing, Timing, fire, parse_every
+from durable_tq.core.schedules import MISFIRE_GRACE, Firing, Timing, fire, parse_every
 
 PARIS = ZoneInfo("Europe/Paris")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from durable_tq import errors
-from durable_tq.bench.wire import parse_endpoint
 from durable_tq.client.url import BrokerURL, parse_url, shown_url
+from durable_tq.tools.bench.wire import parse_endpoint
 
 
 @pytest.mark.parametrize(

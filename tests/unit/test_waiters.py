@@ -1,10 +1,10 @@
-"""Parked long-poll claims (durable_tq.waiters): who is woken, how many, and hand-ons."""
+"""Parked long-poll claims (durable_tq.core.waiters): who is woken, how many, and hand-ons."""
 
 from __future__ import annotations
 
 import pytest
 
-from durable_tq.waiters import Waiters
+from durable_tq.core.waiters import Waiters
 
 # anyio.Event needs a running loop; nothing here waits.
 pytestmark = pytest.mark.anyio

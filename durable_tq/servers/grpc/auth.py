@@ -7,8 +7,8 @@ from typing import Any
 import grpc.aio
 
 from durable_tq import errors
-from durable_tq.broker import token_role as broker_token_role
 from durable_tq.config import Settings
+from durable_tq.core.broker import token_role as broker_token_role
 from durable_tq.wire.ops import Op, Role
 
 AUTHORIZATION = "authorization"

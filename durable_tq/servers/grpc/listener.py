@@ -24,7 +24,7 @@ from durable_tq.servers.grpc.service import SERVICE_NAME, DurableTQService
 from durable_tq.servers.grpc.work import Work
 
 if TYPE_CHECKING:
-    from durable_tq.server import BrokerServer
+    from durable_tq.servers.tcp import BrokerServer
 
 log = logging.getLogger("durable_tq.grpc")
 

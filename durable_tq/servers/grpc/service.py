@@ -20,8 +20,8 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from durable_tq import errors
-from durable_tq.broker import Broker, Result, Session
 from durable_tq.config import Settings
+from durable_tq.core.broker import Broker, Result, Session
 from durable_tq.servers.grpc import auth, convert, status
 from durable_tq.servers.grpc import durable_tq_pb2 as pb
 from durable_tq.wire import schema

@@ -26,7 +26,7 @@ import anyio
 import grpc.aio
 
 from durable_tq import errors
-from durable_tq.broker import Result, Session
+from durable_tq.core.broker import Result, Session
 from durable_tq.servers.grpc import auth, convert
 from durable_tq.servers.grpc import durable_tq_pb2 as pb
 from durable_tq.servers.grpc.service import DurableTQService, abort

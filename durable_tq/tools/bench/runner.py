@@ -30,11 +30,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from durable_tq.bench import profile, wire
-from durable_tq.bench.broker_process import BrokerProcess, ResourceWatch, find_listening_pid
-from durable_tq.bench.fleet import Fleet, LoadError
-from durable_tq.bench.loadgen import LoadResult, LoadSpec
-from durable_tq.bench.report import MB, Latency, Measurement, Report, machine_info
+from durable_tq.tools.bench import profile, wire
+from durable_tq.tools.bench.broker_process import BrokerProcess, ResourceWatch, find_listening_pid
+from durable_tq.tools.bench.fleet import Fleet, LoadError
+from durable_tq.tools.bench.loadgen import LoadResult, LoadSpec
+from durable_tq.tools.bench.report import MB, Latency, Measurement, Report, machine_info
 
 PRELOAD_BATCH = 1000
 PRELOAD_WINDOW = 4

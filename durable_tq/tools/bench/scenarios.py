@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from durable_tq.bench import limits as sqlite_limits
-from durable_tq.bench import names
-from durable_tq.bench.loadgen import LoadSpec
-from durable_tq.bench.report import Measurement
-from durable_tq.bench.runner import Bench, Variant
+from durable_tq.tools.bench import limits as sqlite_limits
+from durable_tq.tools.bench import names
+from durable_tq.tools.bench.loadgen import LoadSpec
+from durable_tq.tools.bench.report import Measurement
+from durable_tq.tools.bench.runner import Bench, Variant
 
 PIPELINE_WINDOW = 64
 ENQUEUE_MANY_BATCH = 100

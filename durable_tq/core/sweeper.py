@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from durable_tq import errors, queries, scheduler
-from durable_tq.broker import DELETED, Broker
+from durable_tq import errors
+from durable_tq.backends.sqlite import queries
+from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
-from durable_tq.store import Batch
+from durable_tq.core import scheduler
+from durable_tq.core.broker import DELETED, Broker
 from durable_tq.wire.schema import TaskState
 
-log = logging.getLogger("durable_tq.sweeper")
+log = logging.getLogger("durable_tq.core.sweeper")
 
 #: Finished tasks deleted per sweep at most, so one sweep never holds the writer for long.
 RETENTION_BATCH = 5000

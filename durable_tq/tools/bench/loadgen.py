@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable_tq.bench import wire
-from durable_tq.bench.wire import Frames, WireConnection
+from durable_tq.tools.bench import wire
+from durable_tq.tools.bench.wire import Frames, WireConnection
 
 Gate = Callable[[], None]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras
 
-from durable_tq.bench import wire
+from durable_tq.tools.bench import wire
 
 _LISTENING = re.compile(r"listening on (?P<url>tcp://\S+) \(database (?P<db>.+)\)")
 START_TIMEOUT = 60.0

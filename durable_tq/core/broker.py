@@ -18,17 +18,20 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from durable_tq import backoff, errors, limits, queries, scheduler
-from durable_tq.clock import BrokerTime, Clock
+from durable_tq import backoff, errors
+from durable_tq.backends.sqlite import queries
+from durable_tq.backends.sqlite.reads import read_stats, read_task_page, task_from_row
+from durable_tq.backends.sqlite.store import Batch, Store
 from durable_tq.config import Settings
-from durable_tq.store import Batch, Store
-from durable_tq.waiters import Waiters
+from durable_tq.core import limits, scheduler
+from durable_tq.core.clock import BrokerTime, Clock
+from durable_tq.core.waiters import Waiters
 from durable_tq.wire import schema
 from durable_tq.wire.codec import dumps_value
 from durable_tq.wire.ops import OPS, Role
 from durable_tq.wire.schema import Outcome, TaskState, WorkerCommand
 
-log = logging.getLogger("durable_tq.broker")
+log = logging.getLogger("durable_tq.core.broker")
 
 Result = dict[str, Any]
 
@@ -177,87 +180,6 @@ def backoff_delay(attempt: int, settings: Settings) -> float:
     )
 
 
-def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
-    """The wire ``task`` object from a row of ``queries.TASK_COLUMNS``; payload and result
-    stay the JSON text they were stored as."""
-    return {
-        "task_id": row[0],
-        "queue": row[1],
-        "state": row[2],
-        "payload": Raw(row[3]),
-        "priority": row[4],
-        "attempts": row[5],
-        "max_attempts": row[6],
-        "run_at": row[7],
-        "created_at": row[8],
-        "updated_at": row[9],
-        "lease_expires_at": row[10],
-        "worker_id": row[11],
-        "last_error": row[12],
-        "result": None if row[13] is None else Raw(row[13]),
-        "unique_key": row[14],
-        "finished_at": row[15],
-        "progress": row[16],
-        "progress_message": row[17],
-        "cancel_requested": bool(row[18]),
-        "result_ttl": row[19],
-        "expires_at": row[20],
-    }
-
-
-# --- reads shared with the offline CLI (``--db``): one definition of each answer ----------
-
-
-def read_task_page(
-    conn: sqlite3.Connection,
-    queue: str | None,
-    state: str | None,
-    limit: int,
-    after_id: int | None,
-) -> Result:
-    """One page of the ``list`` reply: tasks by id after ``after_id``, optionally filtered."""
-    clauses: list[str] = ["id > ?"]
-    params: list[Any] = [after_id or 0]
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    if state is not None:
-        clauses.append("state = ?")
-        params.append(state)
-    sql = (
-        f"SELECT {queries.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
-        " ORDER BY id LIMIT ?"
-    )
-    params.append(limit + 1)
-    rows = conn.execute(sql, params).fetchall()
-    page = rows[:limit]
-    next_after_id = page[-1][0] if len(rows) > limit else None
-    return {"tasks": [task_from_row(r) for r in page], "next_after_id": next_after_id}
-
-
-def read_stats(conn: sqlite3.Connection, now: float, worker_timeout: float) -> Result:
-    """The ``queues`` and ``workers`` fields of the ``stats`` reply."""
-    queues: dict[str, Result] = {}
-
-    def entry(name: str) -> Result:
-        if name not in queues:
-            queues[name] = {state.value: 0 for state in TaskState}
-            queues[name].update(paused=False, oldest_queued_age=None)
-        return queues[name]
-
-    for name, paused in conn.execute(queries.QUEUES):
-        entry(name)["paused"] = bool(paused)
-    for name, state, n in conn.execute(queries.QUEUE_COUNTS):
-        entry(name)[state] = n
-    for name, counts in queues.items():
-        if counts[TaskState.QUEUED]:
-            oldest = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()[0]
-            if oldest is not None:
-                counts["oldest_queued_age"] = max(0.0, now - oldest)
-    workers = conn.execute(queries.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
-    return {"queues": queues, "workers": workers}
-
-
 def token_role(settings: Settings, token: str | None) -> Role | None:
     """The role of ``token``, or None when it is not one of the configured tokens (every
     front end asks this: TCP hello, HTTP and gRPC bearer tokens)."""
@@ -283,7 +205,7 @@ class Broker:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        #: The broker's time (durable_tq.clock): Unix seconds that move with the monotonic
+        #: The broker's time (durable_tq.core.clock): Unix seconds that move with the monotonic
         #: clock while it runs, so a wall-clock step neither shortens nor stretches a lease.
         self.time = BrokerTime(clock)
         self.store = Store(settings)
@@ -298,7 +220,7 @@ class Broker:
         self.next_due: float = float("inf")
         self.due_changed = anyio.Event()
         self._worker_sessions: Counter[str] = Counter()
-        #: Per-queue limits (durable_tq.limits); ``limited`` names the queues whose claims go
+        #: Per-queue limits (durable_tq.core.limits); ``limited`` names the queues whose claims go
         #: through them, ``buckets`` holds the rate limits' tokens (memory only).
         self.limits: dict[str, limits.QueueLimits] = {}
         self.limited: set[str] = set()
@@ -317,7 +239,7 @@ class Broker:
         await self.close()
 
     def now(self) -> float:
-        """Unix seconds as the broker counts them (see :class:`durable_tq.clock.BrokerTime`)."""
+        """Unix seconds as the broker counts them (:class:`durable_tq.core.clock.BrokerTime`)."""
         return self.time.now()
 
     async def open(self) -> None:
@@ -1465,7 +1387,7 @@ class Broker:
         log.info("purged %d tasks of queue %s", count, queue)
         return {"count": count}
 
-    # --- schedules (durable_tq.scheduler) -----------------------------------------------------
+    # --- schedules (durable_tq.core.scheduler) ----------------------------------------------------
 
     async def schedule_upsert(
         self,
@@ -1495,7 +1417,7 @@ class Broker:
     async def schedule_resume(self, name: str, *, session: Session | None = None) -> Result:
         return await scheduler.schedule_set_paused(self, name, False)
 
-    # --- queue limits (durable_tq.limits) -----------------------------------------------------
+    # --- queue limits (durable_tq.core.limits) ----------------------------------------------------
 
     def _set_limits(self, queue: str, queue_limits: limits.QueueLimits) -> None:
         old = self.limits.get(queue)

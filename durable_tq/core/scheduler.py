@@ -1,6 +1,6 @@
 """Durable schedules inside the broker: the ``schedule_*`` ops and firing due schedules.
 
-The slot arithmetic is :mod:`durable_tq.schedules` (pure); this module stores schedules in the
+The slot arithmetic is :mod:`durable_tq.core.schedules` (pure); this module stores schedules in the
 ``schedules`` table and fires them. Firing a schedule enqueues its task and moves its
 ``next_run_at`` in ONE transaction, and the task carries the unique key
 ``schedule:NAME:SLOT``: a slot is fired once, however often the firing is retried, and a broker
@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import Raw
 
-from durable_tq import errors, queries, schedules
-from durable_tq.store import Batch
+from durable_tq import errors
+from durable_tq.backends.sqlite import queries
+from durable_tq.backends.sqlite.store import Batch
+from durable_tq.core import schedules
 from durable_tq.wire.schema import TaskState
 
 if TYPE_CHECKING:
-    from durable_tq.broker import Broker, NewTask
+    from durable_tq.core.broker import Broker, NewTask
 
-log = logging.getLogger("durable_tq.scheduler")
+log = logging.getLogger("durable_tq.core.scheduler")
 
 Result = dict[str, Any]
 
@@ -117,7 +119,7 @@ class Fired:
 
 def fire_due(broker: Broker, conn: sqlite3.Connection, batch: Batch, now: float) -> Fired:
     """In the writer's transaction: fire every due schedule once and move it to its next slot."""
-    from durable_tq.broker import NewTask  # the broker imports this module
+    from durable_tq.core.broker import NewTask  # the broker imports this module
 
     outcome = Fired()
     rows = conn.execute(queries.DUE_SCHEDULES, (now, FIRE_BATCH)).fetchall()

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from durable_tq import migrate, queries
-from durable_tq.bench.report import Latency
+from durable_tq.backends.sqlite import migrate, queries
+from durable_tq.tools.bench.report import Latency
 
 ROWS_PER_COMMIT = (1, 100)
 #: ``plain``: one bare table, the ceiling of SQLite and the disk. ``durable_tq``: the broker's

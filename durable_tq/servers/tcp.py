@@ -38,15 +38,15 @@ import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from durable_tq import errors
-from durable_tq.broker import Broker, Result, Session
-from durable_tq.clock import Clock
 from durable_tq.config import Settings
-from durable_tq.sweeper import Sweeper
+from durable_tq.core.broker import Broker, Result, Session
+from durable_tq.core.clock import Clock
+from durable_tq.core.sweeper import Sweeper
 from durable_tq.wire import codec
 from durable_tq.wire import schema as protocol
 from durable_tq.wire.ops import OPS, Op
 
-log = logging.getLogger("durable_tq.server")
+log = logging.getLogger("durable_tq.servers.tcp")
 
 #: Bytes asked of the socket per receive.
 READ_CHUNK = 65536

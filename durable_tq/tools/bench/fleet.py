@@ -18,15 +18,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from durable_tq.bench import loadgen
-from durable_tq.bench.loadgen import LoadResult, LoadSpec
+from durable_tq.tools.bench import loadgen
+from durable_tq.tools.bench.loadgen import LoadResult, LoadSpec
 
 #: A process must connect and report ready within this many seconds.
 STARTUP_TIMEOUT = 120.0
 #: Between looks at the counters (progress bar, stop conditions).
 POLL_INTERVAL = 0.05
 #: Imported once by the fork server, so load processes start without importing them again.
-PRELOAD_MODULES = ["durable_tq.bench.loadgen", "durable_tq.client", "durable_tq.worker"]
+PRELOAD_MODULES = ["durable_tq.tools.bench.loadgen", "durable_tq.client", "durable_tq.worker"]
 
 
 class LoadError(Exception):

@@ -334,7 +334,7 @@ DELETE FROM workers WHERE connected = 0 AND last_heartbeat <= :cutoff
 NEXT_DUE = "SELECT min(run_at) FROM tasks WHERE state = 'scheduled'"
 NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"
 
-# --- queue limits (durable_tq.limits) -----------------------------------------------------------
+# --- queue limits (durable_tq.core.limits) --------------------------------------------------------
 
 QUEUE_STATE_COUNT = "SELECT n FROM queue_counts WHERE queue = ? AND state = ?"
 
@@ -384,7 +384,7 @@ WHERE state = 'queued' AND queue = ? AND concurrency_key IS NULL
 ORDER BY priority DESC, id LIMIT ?
 """
 
-# --- schedules (durable_tq.scheduler) ---------------------------------------------------------
+# --- schedules (durable_tq.core.scheduler) --------------------------------------------------------
 
 SCHEDULE_COLUMNS = (
     "name, queue, cron, tz, every, anchor, payload, priority, missed, paused, next_run_at,"

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from durable_tq.bench.report import Measurement, Report, markdown, render
-    from durable_tq.bench.runner import BenchOptions
-    from durable_tq.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+    from durable_tq.tools.bench.report import Measurement, Report, markdown, render
+    from durable_tq.tools.bench.runner import BenchOptions
+    from durable_tq.tools.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 __all__ = [
     "DEFAULT_SCENARIOS",
@@ -42,20 +42,20 @@ __all__ = [
 # Imported on first use: ``durable-tq --help`` needs only ``names``, and the rest needs
 # psutil (the ``bench`` extra).
 _LAZY = {
-    "DEFAULT_SCENARIOS": "durable_tq.bench.scenarios",
-    "SCENARIOS": "durable_tq.bench.scenarios",
-    "BenchOptions": "durable_tq.bench.runner",
-    "Measurement": "durable_tq.bench.report",
-    "Report": "durable_tq.bench.report",
-    "markdown": "durable_tq.bench.report",
-    "render": "durable_tq.bench.report",
+    "DEFAULT_SCENARIOS": "durable_tq.tools.bench.scenarios",
+    "SCENARIOS": "durable_tq.tools.bench.scenarios",
+    "BenchOptions": "durable_tq.tools.bench.runner",
+    "Measurement": "durable_tq.tools.bench.report",
+    "Report": "durable_tq.tools.bench.report",
+    "markdown": "durable_tq.tools.bench.report",
+    "render": "durable_tq.tools.bench.report",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'durable_tq.bench' has no attribute {name!r}")
+        raise AttributeError(f"module 'durable_tq.tools.bench' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -64,9 +64,9 @@ def __getattr__(name: str) -> Any:
 def run(options: BenchOptions, console: Console, *, show_progress: bool = True) -> Report:
     """Run the chosen scenarios (in their fixed order), ``options.repeat`` times on a fresh
     broker each; the report (of medians, when repeated)."""
-    from durable_tq.bench.merge import median_report
-    from durable_tq.bench.runner import Bench
-    from durable_tq.bench.scenarios import SCENARIOS
+    from durable_tq.tools.bench.merge import median_report
+    from durable_tq.tools.bench.runner import Bench
+    from durable_tq.tools.bench.scenarios import SCENARIOS
 
     options = options.effective()
     unknown = [name for name in options.scenarios if name not in SCENARIOS]

@@ -24,7 +24,8 @@ database is opened read-only and held against the histories:
 Only ``ok`` replies are promises. A request whose connection broke before its reply is
 *unknown*: it may or may not have been committed, and the checks allow both.
 
-Children run as ``python -m durable_tq.torture producer|consumer ...`` (see :func:`child_main`).
+Children run as ``python -m durable_tq.tools.torture producer|consumer ...``
+(see :func:`child_main`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from durable_tq import errors
 from durable_tq.client import AsyncClient, ClaimArgs, ClaimedTask, RequestTimeout, Settlement
 from durable_tq.wire.schema import PROTOCOL_VERSION
 
-log = logging.getLogger("durable_tq.torture")
+log = logging.getLogger("durable_tq.tools.torture")
 
 QUEUE = "torture"
 HOST = "127.0.0.1"
@@ -412,8 +413,8 @@ async def _plan_ending(
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """``python -m durable_tq.torture producer|consumer``: one child of the harness."""
-    parser = argparse.ArgumentParser(prog="python -m durable_tq.torture")
+    """``python -m durable_tq.tools.torture producer|consumer``: one child of the harness."""
+    parser = argparse.ArgumentParser(prog="python -m durable_tq.tools.torture")
     parser.add_argument("role", choices=["producer", "consumer"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", required=True, help="history file to append to")
@@ -672,7 +673,7 @@ class _Torture:
 
     def _child_command(self, role: str, name: str, seed: str) -> list[str]:
         return [
-            sys.executable, "-m", "durable_tq.torture", role,
+            sys.executable, "-m", "durable_tq.tools.torture", role,
             "--port", str(self.port), "--log", str(self.workdir / f"{name}.history"),
             "--name", name, "--seed", seed, "--concurrency", str(self.config.lanes),
             "--rate", str(self.config.rate), "--lease", str(self.config.lease),

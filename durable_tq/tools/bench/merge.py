@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any
 
-from durable_tq.bench.report import Latency, Measurement, Report
+from durable_tq.tools.bench.report import Latency, Measurement, Report
 
 
 def _median(values: Sequence[Any]) -> Any:

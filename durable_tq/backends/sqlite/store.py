@@ -33,10 +33,11 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 import anyio
 
-from durable_tq import errors, migrate, queries
+from durable_tq import errors
+from durable_tq.backends.sqlite import migrate, queries
 from durable_tq.config import Settings
 
-log = logging.getLogger("durable_tq.store")
+log = logging.getLogger("durable_tq.backends.sqlite.store")
 
 T = TypeVar("T")
 ReadFn = Callable[[sqlite3.Connection], T]

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from durable_tq import queries
-from durable_tq.store import Batch
+from durable_tq.backends.sqlite import queries
+from durable_tq.backends.sqlite.store import Batch
 from durable_tq.wire.schema import TaskState
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from durable_tq import errors
 
-log = logging.getLogger("durable_tq.migrate")
+log = logging.getLogger("durable_tq.backends.sqlite.migrate")
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -24,11 +24,12 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    """The migrations shipped in the wheel, or the repository's folder in a source checkout."""
-    packaged = resources.files("durable_tq") / "_migrations"
+    """The migrations shipped in the wheel, or the repository's folder in a source checkout
+    (``migrations/sqlite/``; a second backend keeps its own beside it)."""
+    packaged = resources.files("durable_tq") / "_migrations" / "sqlite"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[3] / "migrations" / "sqlite"
 
 
 def load_migrations(folder: Path | None = None) -> list[Migration]:

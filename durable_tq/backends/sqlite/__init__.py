@@ -1,0 +1,1 @@
+"""SQLite: the group-commit writer and read connections, the SQL, the migrations."""
