@@ -103,6 +103,22 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
+    # HTTP API (docs/http.md): same process, same tokens, same TLS certificate
+    http_enabled: bool = Field(True, description="Serve the HTTP API, /metrics and health.")
+    http_host: str | None = Field(None, description="HTTP address; None: the same as host.")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="HTTP port; None: port + 1 (7481), or 0 when port is 0."
+    )
+    http_max_connections: int = Field(
+        1024, ge=1, description="Concurrent HTTP connections and requests at most (then 503)."
+    )
+    http_keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Close an idle HTTP keep-alive connection after this long."
+    )
+    http_max_header_bytes: int = Field(
+        16384, ge=1024, description="Longest HTTP request head (request line and headers)."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -155,6 +171,15 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        """Where the HTTP API listens: http_host/http_port, or host and port + 1 (a free port
+        when port is 0, so brokers on free ports never collide on 7481)."""
+        host = self.http_host if self.http_host is not None else self.host
+        if self.http_port is not None:
+            return host, self.http_port
+        return host, 0 if self.port == 0 else min(self.port + 1, 65535)
 
 
 SECRET_FIELDS = frozenset({"auth_tokens"})
