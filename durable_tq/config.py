@@ -23,6 +23,8 @@ from durable_tq import errors
 
 ENV_PREFIX = "DURABLE_TQ_"
 DEFAULT_CONFIG_FILE = "durable_tq.toml"
+DEFAULT_PORT = 7480
+DEFAULT_HTTP_PORT = 7481
 
 
 class Synchronous(StrEnum):
@@ -107,7 +109,10 @@ class Settings(BaseSettings):
     http_enabled: bool = Field(True, description="Serve the HTTP API, /metrics and health.")
     http_host: str | None = Field(None, description="HTTP address; None: the same as host.")
     http_port: int | None = Field(
-        None, ge=0, le=65535, description="HTTP port; None: port + 1 (7481), or 0 when port is 0."
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port; None: 7481 beside the default port 7480, else a free one.",
     )
     http_max_connections: int = Field(
         1024, ge=1, description="Concurrent HTTP connections and requests at most (then 503)."
@@ -174,12 +179,13 @@ class Settings(BaseSettings):
 
     @property
     def http_address(self) -> tuple[str, int]:
-        """Where the HTTP API listens: http_host/http_port, or host and port + 1 (a free port
-        when port is 0, so brokers on free ports never collide on 7481)."""
+        """Where the HTTP API listens: http_host/http_port; by default the TCP host and 7481
+        beside the default TCP port 7480, and a free port beside any other TCP port (a guess
+        like port + 1 could be taken; ``durable-tq serve`` prints the HTTP address)."""
         host = self.http_host if self.http_host is not None else self.host
         if self.http_port is not None:
             return host, self.http_port
-        return host, 0 if self.port == 0 else min(self.port + 1, 65535)
+        return host, DEFAULT_HTTP_PORT if self.port == DEFAULT_PORT else 0
 
 
 SECRET_FIELDS = frozenset({"auth_tokens"})
@@ -231,9 +237,7 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def value_sources(
-    config_file: Path | None, overrides: dict[str, Any]
-) -> dict[str, str]:
+def value_sources(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each setting's value comes from: override, env, file or default."""
     file_values = _read_toml(config_file)
     where: dict[str, str] = {}

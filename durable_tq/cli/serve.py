@@ -71,9 +71,9 @@ def serve(
     database = Path(settings.db_path).resolve()
 
     def announce(started: server.BrokerServer) -> None:
+        print(f"durable_tq listening on {started.url} (database {database})", flush=True)
         if started.http is not None:
             print(f"durable_tq HTTP API on {started.http.url}", flush=True)
-        print(f"durable_tq listening on {started.url} (database {database})", flush=True)
 
     try:
         server.run(settings, on_listening=announce)

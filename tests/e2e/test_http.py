@@ -252,6 +252,9 @@ async def test_status_mapping(http_broker: HttpBroker) -> None:
         bad = await http.get("/v1/tasks", params={"colour": "red"})
         assert bad.status_code == 400
         assert (await http.get("/v1/tasks/x")).status_code == 400
+        too_long = await http.post("/v1/claim", json={"queues": ["q"], "wait": 1e6})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["message"].startswith("wait:")
 
         big = await http.post("/v1/queues/q/tasks", json={"payload": "x" * 4096})
         assert big.status_code == 413
@@ -467,3 +470,26 @@ def test_serve_subprocess_http_and_no_http(serve_subprocess: Callable[..., Any])
         assert http.get("/v1/tasks/1").status_code == 200
     assert broker.terminate() == 0
     assert os.path.exists(broker.db_path)
+
+
+async def test_https_with_the_broker_certificate(http_broker: HttpBroker, tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with http_broker(tls_cert=cert_path, tls_key=key_path) as (server, _):
+        assert server.http.url.startswith("https://")
+        async with httpx.AsyncClient(base_url=server.http.url, verify=context) as https:
+            reply = await https.post("/v1/queues/q/tasks", json={"payload": 1})
+            assert reply.status_code == 201
+        async with httpx.AsyncClient(base_url=server.http.url, verify=False) as plain:
+            plain_url = server.http.url.replace("https://", "http://")
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"{plain_url}/healthz")

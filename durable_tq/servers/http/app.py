@@ -277,6 +277,7 @@ class OpEndpoint:
         shutdown, and then whatever it leased goes straight back."""
         state = self.state
         result: Result | None = None
+        refused: errors.DurableTQError | None = None
         left = False
         with anyio.CancelScope() as scope:
             state.claims.add(scope)
@@ -291,11 +292,16 @@ class OpEndpoint:
                         scope.cancel()
 
                     watch.start_soon(watch_disconnect)
-                    result = await _call(state.broker, request, self.op)
-                    await anyio.lowlevel.checkpoint()  # a disconnect already seen lands now
+                    try:
+                        result = await _call(state.broker, request, self.op)
+                        await anyio.lowlevel.checkpoint()  # a disconnect already seen lands now
+                    except errors.DurableTQError as exc:  # raised as itself, not in a group
+                        refused = exc
                     watch.cancel_scope.cancel()
             finally:
                 state.claims.discard(scope)
+        if refused is not None:
+            raise refused
         tasks: list[Result] = [] if result is None else result.get("tasks") or []
         if scope.cancel_called or left:
             if tasks:
