@@ -50,8 +50,9 @@ class HttpFront:
             self.app,
             lifespan="off",
             log_config=None,
+            log_level="warning",  # uvicorn's start and stop lines would repeat ours
             access_log=False,
-            http="h11",
+            http="auto",  # httptools when installed (faster), else h11
             ws="none",
             proxy_headers=False,
             server_header=False,
