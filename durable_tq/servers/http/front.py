@@ -5,16 +5,16 @@ first. Shutdown follows the broker's: :meth:`HttpFront.request_shutdown` ends pa
 (answered ``shutting_down``, their tasks handed back), answers new requests with
 ``shutting_down`` and tells uvicorn to stop; uvicorn then closes idle keep-alive connections
 and lets the requests in flight finish (within the drain timeout) before ``serve`` returns.
+uvicorn's ``Server.startup``, ``on_tick`` and its server state are used directly (see serve).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import anyio
 import uvicorn
 
 from durable_tq.servers.http.app import HttpState, build_app
@@ -26,14 +26,8 @@ log = logging.getLogger("durable_tq.http")
 
 #: Pending connections the kernel keeps for the HTTP listener.
 BACKLOG = 1024
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handlers: the broker owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+#: How often a stopping HTTP face looks whether its connections have closed.
+SHUTDOWN_POLL = 0.01
 
 
 class HttpFront:
@@ -64,7 +58,8 @@ class HttpFront:
             ssl_certfile=str(settings.tls_cert) if tls else None,
             ssl_keyfile=str(settings.tls_key) if tls else None,
         )
-        self.server = _Server(self.config)
+        self.server = uvicorn.Server(self.config)
+        self._stop = anyio.Event()
         self.state.connection_count = lambda: len(self.server.server_state.connections)
 
     @property
@@ -92,18 +87,54 @@ class HttpFront:
         self.port = int(sock.getsockname()[1])
 
     async def serve(self) -> None:
-        """Serve until :meth:`request_shutdown`, then finish the requests in flight."""
+        """Serve until :meth:`request_shutdown`, then finish the requests in flight.
+
+        uvicorn's own ``Server.serve`` is not used: its loop notices a stop only at its next
+        0.1 s tick and its shutdown sleeps 0.1 s more; here the stop is an event, and the
+        shutdown waits only as long as connections are still open.
+        """
         assert self._socket is not None, "bind() first"
         sock, self._socket = self._socket, None
+        server, config = self.server, self.config
         try:
-            await self.server.serve(sockets=[sock])
+            if not config.loaded:
+                config.load()
+            server.lifespan = config.lifespan_class(config)
+            await server.startup(sockets=[sock])
+            ticks = 0
+            while not self._stop.is_set():
+                await server.on_tick(ticks)  # refreshes the Date header (every 10th tick)
+                ticks = (ticks + 10) % 864000
+                with anyio.move_on_after(1.0):
+                    await self._stop.wait()
+            await self._shut_down()
         finally:
             sock.close()
             log.debug("HTTP stopped")
 
+    async def _shut_down(self) -> None:
+        """Stop accepting, close idle keep-alive connections, let the busy ones finish (within
+        the drain timeout, then their requests are cancelled)."""
+        server = self.server
+        state = server.server_state
+        for listener in server.servers:
+            listener.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        with anyio.move_on_after(self.config.timeout_graceful_shutdown or 10) as drain:
+            while state.connections or state.tasks:  # noqa: ASYNC110 - uvicorn has no event
+                await anyio.sleep(SHUTDOWN_POLL)
+        if drain.cancelled_caught:
+            log.warning("HTTP: %d requests cut off at shutdown", len(state.tasks))
+            for task in list(state.tasks):
+                task.cancel()
+        with anyio.move_on_after(SHUTDOWN_POLL * 10):
+            for listener in server.servers:
+                await listener.wait_closed()
+
     def request_shutdown(self) -> None:
         self.state.begin_shutdown()
-        self.server.should_exit = True
+        self._stop.set()
 
     def close(self) -> None:
         """Close a socket that was bound but never served (start-up failed)."""
