@@ -24,6 +24,8 @@ from durable_tq import errors
 
 ENV_PREFIX = "DURABLE_TQ_"
 DEFAULT_CONFIG_FILE = "durable_tq.toml"
+DEFAULT_PORT = 7480
+DEFAULT_HTTP_PORT = 7481
 
 
 class Synchronous(StrEnum):
@@ -163,7 +165,25 @@ class Settings(BaseSettings):
     )
     grpc_enabled: bool = Field(False, description="Serve the gRPC API on grpc_host:grpc_port.")
     grpc_host: str | None = Field(None, description="gRPC address [default: host].")
-    grpc_port: int = Field(7481, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    grpc_port: int = Field(7482, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    # HTTP API (docs/http.md): same process, same tokens, same TLS certificate
+    http_enabled: bool = Field(True, description="Serve the HTTP API, /metrics and health.")
+    http_host: str | None = Field(None, description="HTTP address; None: the same as host.")
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port; None: 7481 beside the default port 7480, else a free one.",
+    )
+    http_max_connections: int = Field(
+        1024, ge=1, description="Concurrent HTTP connections and requests at most (then 503)."
+    )
+    http_keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Close an idle HTTP keep-alive connection after this long."
+    )
+    http_max_header_bytes: int = Field(
+        16384, ge=1024, description="Longest HTTP request head (request line and headers)."
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -259,6 +279,16 @@ class Settings(BaseSettings):
         if self.grpc_enabled:
             return (self.grpc_host or self.host, self.grpc_port)
         return None
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        """Where the HTTP API listens: http_host/http_port; by default the TCP host and 7481
+        beside the default TCP port 7480, and a free port beside any other TCP port (a guess
+        like port + 1 could be taken; ``durable-tq serve`` prints the HTTP address)."""
+        host = self.http_host if self.http_host is not None else self.host
+        if self.http_port is not None:
+            return host, self.http_port
+        return host, DEFAULT_HTTP_PORT if self.port == DEFAULT_PORT else 0
 
 
 def parse_address(text: str) -> tuple[str, int]:

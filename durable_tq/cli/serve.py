@@ -47,6 +47,17 @@ def serve(
             help="Also serve the gRPC API there (needs durable_tq[grpc]) [default: off].",
         ),
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Where the HTTP API listens [default: the TCP host, port + 1: 7481].",
+        ),
+    ] = None,
+    no_http: Annotated[
+        bool, typer.Option("--no-http", help="Serve no HTTP API (TCP only).")
+    ] = False,
 ) -> None:
     """Run the broker. Settings: flags, then DURABLE_TQ_* variables, then the file, then defaults.
 
@@ -55,8 +66,17 @@ def serve(
     at once.
     """
     # Bad settings (exit 2) and a port in use (exit 1) end as every command ends: one line.
+    http_host, http_port = _http_address(http)
     settings = config.load_settings(
-        config_file, host=host, port=port, db_path=db, log_level=log_level, grpc=grpc
+        config_file,
+        host=host,
+        port=port,
+        db_path=db,
+        log_level=log_level,
+        http_enabled=False if no_http else (True if http else None),
+        http_host=http_host,
+        http_port=http_port,
+        grpc=grpc,
     )
     if settings.grpc_address is not None and importlib.util.find_spec("grpc_health") is None:
         fail(
@@ -68,6 +88,8 @@ def serve(
 
     def announce(started: server.BrokerServer) -> None:
         print(f"durable_tq listening on {started.url} (database {database})", flush=True)
+        if started.http is not None:
+            print(f"durable_tq HTTP API on {started.http.url}", flush=True)
         if started.grpc_port is not None:
             from durable_tq.servers.grpc.listener import grpc_url
 
@@ -79,3 +101,13 @@ def serve(
         raise
     except errors.DurableTQError as exc:  # storage failed while opening the database
         fail(f"cannot run the broker: {exc.message}", EXIT_OPERATION_ERROR)
+
+
+def _http_address(value: str | None) -> tuple[str | None, int | None]:
+    """``--http HOST:PORT`` (or ``:PORT``, ``[::1]:PORT``) as (host or None, port)."""
+    if value is None:
+        return None, None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise errors.ConfigError(f"--http {value!r}: give HOST:PORT, e.g. 127.0.0.1:7481")
+    return host.strip("[]") or None, int(port)

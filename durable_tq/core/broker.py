@@ -230,6 +230,8 @@ class Broker:
         self._waits_ended = False
         self.store.before_commit = self._resolve_finished
         self.store.after_commit = self._after_finish
+        #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics).
+        self.counters: Counter[str] = Counter()
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -578,6 +580,7 @@ class Broker:
     def _after_insert(self, tasks: list[tuple[NewTask, str]]) -> None:
         """After the commit: remember the queues, wake claims, or the sweeper for later runs."""
         ready: Counter[str] = Counter()
+        self.counters["enqueued"] += len(tasks)
         for task, state in tasks:
             self.known_queues.add(task.queue)
             if state == TaskState.QUEUED:
@@ -667,6 +670,7 @@ class Broker:
         return tasks
 
     def _after_lease(self, tasks: list[Result]) -> None:
+        self.counters["claimed"] += len(tasks)
         if tasks:
             self._schedule_wakeup(min(t["lease_expires_at"] for t in tasks))
 
@@ -851,6 +855,7 @@ class Broker:
             lambda conn, batch: self._ack_row(conn, batch, task_id, lease_token, text),
             atomic=True,
         )
+        self.counters["succeeded"] += 1
         self._after_return([returned])
         return {}
 
@@ -871,6 +876,7 @@ class Broker:
             atomic=True,
         )
         self._after_return([returned])
+        self._count_settled([(Outcome.FAIL, returned[0])])
         return {"state": returned[0], "run_at": returned[1]}
 
     async def release(
@@ -945,6 +951,9 @@ class Broker:
             )
         self._after_return(settled.returned)
         self._after_lease(settled.tasks)
+        self._count_settled(
+            [(i.outcome, r.get("state")) for i, r in zip(settles, settled.results, strict=True)]
+        )
         reply: Result = {"results": settled.results}
         if settled.worker_state is not None:
             reply["worker_state"] = settled.worker_state
@@ -1504,9 +1513,22 @@ class Broker:
             "tokens": None if bucket is None else bucket.available(time.monotonic()),
         }
 
+    def _count_settled(self, outcomes: Sequence[tuple[str, str | None]]) -> None:
+        """Count ended leases by (outcome, new state or None when refused), for /metrics."""
+        for outcome, state in outcomes:
+            if state is None or outcome == Outcome.RELEASE:
+                continue
+            if outcome == Outcome.ACK:
+                self.counters["succeeded"] += 1
+                continue
+            self.counters["failed"] += 1
+            if state == TaskState.DEAD:
+                self.counters["dead"] += 1
+
 
 #: ``Batch.finished`` state of a task whose row was deleted (purge, expiry).
 DELETED = "deleted"
+
 
 #: What ending a lease did: (new state, run_at or None, queue).
 Returned = tuple[str, float | None, str]

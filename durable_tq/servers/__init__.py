@@ -1,0 +1,1 @@
+"""The broker's network faces other than the NDJSON/TCP one in ``durable_tq.servers.tcp``."""

@@ -767,6 +767,8 @@ class BrokerServer:
         self._stopped = anyio.Event()
         self._stopping = False
         self._accept_scope: anyio.CancelScope | None = None
+        #: The HTTP face (servers/http), when settings.http_enabled; bound in serve().
+        self.http: Any = None
 
     @property
     def url(self) -> str:
@@ -799,6 +801,8 @@ class BrokerServer:
         self.broker.end_waits()  # parked waits answer shutting_down
         for conn in list(self._connections):
             conn.begin_shutdown()
+        if self.http is not None:
+            self.http.request_shutdown()
         self._shutdown.set()
 
     async def wait_stopped(self) -> None:
@@ -822,9 +826,12 @@ class BrokerServer:
             where = f"{self.settings.host}:{self.settings.port}"
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
         try:
+            self.http = _http_front(self)
             await self.broker.open()
         except BaseException:
             await listener.aclose()
+            if self.http is not None:
+                self.http.close()
             raise
         try:
             self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
@@ -838,6 +845,8 @@ class BrokerServer:
                 async with anyio.create_task_group() as connections:
                     self._accept_scope = anyio.CancelScope()
                     connections.start_soon(self._accept, listener, connections)
+                    if self.http is not None:
+                        connections.start_soon(self.http.serve, name="durable_tq http")
                     # At debug level: run() (and the CLI) says it once, at INFO or on stdout.
                     log.debug("listening on %s (database %s)", self.url, self.settings.db_path)
                     task_status.started(self)
@@ -1057,6 +1066,17 @@ class BrokerServer:
         with anyio.move_on_after(NOTICE_TIMEOUT):
             with contextlib.suppress(*_STREAM_ERRORS):
                 await stream.send(codec.error_reply(None, refusal))
+
+
+def _http_front(server: BrokerServer) -> Any:
+    """The HTTP face, its port bound, or None when settings turn it off."""
+    if not server.settings.http_enabled:
+        return None
+    from durable_tq.servers.http import HttpFront  # imports starlette and uvicorn
+
+    front = HttpFront(server)
+    front.bind()
+    return front
 
 
 async def _close_gently(raw: anyio.abc.SocketStream, until: float) -> None:

@@ -788,6 +788,8 @@ class Store:
         stats.largest_batch = max(stats.largest_batch, len(batch))
         stats.busy_seconds += done - self._batch_started
         stats.commit_seconds += done - committing
+        if self.commit_hook is not None:
+            self.commit_hook(len(batch), done - committing)
 
     def _request_failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> errors.StorageError:
         log.error("write request failed in SQLite: %s", exc)
@@ -821,6 +823,10 @@ class Store:
     @property
     def pending_writes(self) -> int:
         return len(self._pending)
+
+    #: Called after each commit with (write requests in the batch, seconds in COMMIT), maybe
+    #: on the database thread; the HTTP face's metrics histograms set it.
+    commit_hook: Callable[[int, float], None] | None = None
 
 
 def _take_write_lock(conn: sqlite3.Connection) -> None:

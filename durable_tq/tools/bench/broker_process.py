@@ -8,6 +8,7 @@ before and after each measurement.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue as queue_module
 import re
@@ -18,12 +19,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras
 
 from durable_tq.tools.bench import wire
 
 _LISTENING = re.compile(r"listening on (?P<url>tcp://\S+) \(database (?P<db>.+)\)")
+_HTTP_LISTENING = re.compile(r"HTTP API on (?P<url>https?://\S+)")
+#: How long the HTTP line may follow the listening line (it is printed right after it).
+HTTP_LINE_TIMEOUT = 5.0
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 SAMPLE_INTERVAL = 0.05
@@ -44,6 +49,7 @@ class BrokerProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint: wire.Endpoint | None = None
+        self.http_url: str | None = None
 
     @property
     def pid(self) -> int:
@@ -78,6 +84,9 @@ class BrokerProcess:
                 f"its log ends:\n{self.log_tail()}"
             )
         self.endpoint = wire.parse_endpoint(url)
+        if self.http_url is not None:
+            http_port = urlsplit(self.http_url).port
+            self.endpoint = dataclasses.replace(self.endpoint, http_port=http_port)
         return self.endpoint
 
     def _await_listening(self) -> str | None:
@@ -105,8 +114,19 @@ class BrokerProcess:
                 return None
             match = _LISTENING.search(line.decode(errors="replace"))
             if match is not None:
+                self._await_http(lines)
                 return match["url"]
         return None
+
+    def _await_http(self, lines: queue_module.Queue[bytes | None]) -> None:
+        """The line after the listening line says where the HTTP API is (if it is on)."""
+        try:
+            line = lines.get(timeout=HTTP_LINE_TIMEOUT)
+        except queue_module.Empty:
+            return
+        match = _HTTP_LISTENING.search((line or b"").decode(errors="replace"))
+        if match is not None:
+            self.http_url = match["url"]
 
     def stop(self) -> int | None:
         """SIGTERM (graceful), SIGKILL if that takes too long; the exit code."""

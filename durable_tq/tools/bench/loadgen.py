@@ -407,8 +407,42 @@ def worker(spec: LoadSpec, gate: Gate, counter: Counter, stop: Any) -> LoadResul
     return anyio.run(run, backend="asyncio")
 
 
+def http_enqueue(spec: LoadSpec, gate: Gate, counter: Counter) -> LoadResult:
+    """``spec.tasks`` enqueues over the HTTP API, one at a time on one keep-alive connection
+    (``http.client``: the lightest HTTP/1.1 client at hand, so the figure is the broker's)."""
+    import http.client
+
+    endpoint = spec.endpoint
+    frames = Frames(spec.queue, spec.payload_bytes)
+    port = endpoint.http_port if endpoint.http_port is not None else endpoint.port + 1
+    conn = http.client.HTTPConnection(endpoint.host, port, timeout=spec.deadline)
+    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+    if endpoint.token:
+        headers["Authorization"] = f"Bearer {endpoint.token}"
+    path = f"/v1/queues/{spec.queue}/tasks"
+    conn.connect()
+    try:
+        gate()
+        clock = _Clock()
+        latencies: list[float] = []
+        for done in range(1, spec.tasks + 1):
+            body = b'{"payload":%s}' % frames.payload()
+            started = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            reply = response.read()
+            if response.status != 201:
+                raise RuntimeError(f"HTTP enqueue got {response.status}: {reply[:200]!r}")
+            latencies.append(time.perf_counter() - started)
+            counter.set(done)
+        return clock.result(spec.tasks, latencies, spec.tasks)
+    finally:
+        conn.close()
+
+
 ROLES: dict[str, Callable[..., LoadResult]] = {
     "enqueue": enqueue,
+    "http-enqueue": http_enqueue,
     "enqueue-many": enqueue_many,
     "enqueue-async-client": enqueue_async_client,
     "open-loop-producer": open_loop_producer,

@@ -129,6 +129,26 @@ def enqueue_pipelined(bench: Bench) -> None:
         )
 
 
+def http_enqueue(bench: Bench) -> None:
+    """Producers enqueueing over the HTTP API, one request at a time per keep-alive connection:
+    one connection, then four at once."""
+    for connections in (1, 4):
+        queue = bench.new_queue(f"http-enqueue-{connections}")
+        shares = _split(bench.options.tasks, connections)
+        plural = "s" if connections > 1 else ""
+        bench.measure(
+            Variant(
+                scenario="http-enqueue",
+                variant=f"{connections} keep-alive connection{plural}",
+                specs=[bench.spec("http-enqueue", queue, n) for n in shares],
+                tasks=bench.options.tasks,
+                latency_of="HTTP 201 reply",
+                load=f"{connections} process(es) x 1 HTTP/1.1 keep-alive connection, "
+                "1 request in flight",
+            )
+        )
+
+
 def enqueue_many(bench: Bench) -> None:
     """``enqueue_many`` with 100 tasks a request, one request and four in flight."""
     tasks = bench.options.tasks
@@ -299,6 +319,7 @@ SCENARIOS: dict[str, Scenario] = {
     "enqueue-seq": enqueue_seq,
     "enqueue-pipelined": enqueue_pipelined,
     "enqueue-many": enqueue_many,
+    "http-enqueue": http_enqueue,
     "drain": drain,
     "e2e": e2e,
     "latency": latency,

@@ -35,6 +35,8 @@ class Endpoint:
     host: str
     port: int
     token: str | None = None
+    #: The broker's HTTP API port (``durable-tq serve`` prints it; else port + 1).
+    http_port: int | None = None
 
     @property
     def url(self) -> str:
