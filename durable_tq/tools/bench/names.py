@@ -10,6 +10,7 @@ SCENARIO_NAMES: Final = (
     "enqueue-seq",
     "enqueue-pipelined",
     "enqueue-many",
+    "http-enqueue",
     "drain",
     "e2e",
     "latency",
