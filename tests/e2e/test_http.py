@@ -268,7 +268,11 @@ async def test_status_mapping(http_broker: HttpBroker) -> None:
         assert int(busy.headers["retry-after"]) >= 1
 
         task = (await http.post("/v1/queues/q/claim", json={})).json()["tasks"][0]
-        conflict = await http.delete(f"/v1/tasks/{task['task_id']}")
+        acked = await http.post(
+            f"/v1/tasks/{task['task_id']}/ack", json={"lease_token": task["lease_token"]}
+        )
+        assert acked.status_code == 200
+        conflict = await http.delete(f"/v1/tasks/{task['task_id']}")  # a succeeded task
         assert conflict.status_code == 409
         assert conflict.json()["error"]["code"] == "conflict"
 

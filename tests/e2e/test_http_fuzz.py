@@ -37,7 +37,9 @@ def _free_port() -> int:
 def test_schemathesis_finds_nothing(serve_subprocess: Callable[..., Any], tmp_path: Path) -> None:
     port = _free_port()
     broker = serve_subprocess(
-        args=["--http", f"127.0.0.1:{port}"], env={"DURABLE_TQ_AUTH_TOKENS": "fuzz-token"}
+        args=["--http", f"127.0.0.1:{port}"],
+        # Long-polls (claim wait, task wait) end within a request timeout of the fuzzer's.
+        env={"DURABLE_TQ_AUTH_TOKENS": "fuzz-token", "DURABLE_TQ_MAX_WAIT": "2"},
     )
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, headers={"Authorization": "Bearer fuzz-token"}) as http:

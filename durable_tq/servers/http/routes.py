@@ -92,6 +92,11 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/tasks/{task_id}/release", "release", body=True),
     Route("POST", "/v1/tasks/{task_id}/extend", "extend", body=True),
     Route("POST", "/v1/settle", "settle", body=True),
+    Route("POST", "/v1/tasks/{task_id}/progress", "progress", body=True,
+          summary="Record a leased task's progress (fenced by its lease token)."),
+    # results
+    Route("GET", "/v1/tasks/{task_id}/wait", "wait", query={"timeout": "timeout"},
+          summary="Hold until the task is finished or timeout seconds pass (done says which)."),
     # operating
     Route("GET", "/v1/stats", "stats"),
     Route("GET", "/v1/queues", "stats", view=QueuesView,
@@ -103,6 +108,19 @@ ROUTES: list[Route] = [
     Route("DELETE", "/v1/queues/{queue}/tasks", "purge", query={"state": "state"},
           required_query=("confirm",),
           summary="Remove a queue's tasks (never leased ones); confirm must repeat the queue."),
+    Route("POST", "/v1/queues/{queue}/settings", "queue_settings", body=True,
+          summary="Set (or, with an empty body, read) a queue's defaults such as result_ttl."),
+    Route("POST", "/v1/queues/{queue}/limits", "set_queue_limits", body=True,
+          summary="Set a queue's rate and concurrency limits."),
+    Route("GET", "/v1/queues/{queue}/info", "queue_info",
+          summary="A queue's limits, counts and rate tokens."),
+    # schedules
+    Route("PUT", "/v1/schedules/{name}", "schedule_upsert", body=True,
+          summary="Create or update a schedule (cron with tz, or every seconds)."),
+    Route("GET", "/v1/schedules", "schedule_list"),
+    Route("DELETE", "/v1/schedules/{name}", "schedule_remove"),
+    Route("POST", "/v1/schedules/{name}/pause", "schedule_pause"),
+    Route("POST", "/v1/schedules/{name}/resume", "schedule_resume"),
     Route("GET", "/v1/workers", "workers"),
     Route("POST", "/v1/workers/{worker_id}/state", "worker_state", body=True),
 ]  # fmt: skip
