@@ -136,6 +136,8 @@ class RequestTimeout(DurableTQError, TimeoutError):
     """
 
     code = "timeout"
+
+
 class WaitTimeout(DurableTQError, TimeoutError):
     """Client side: the task did not finish within ``wait``'s timeout (never on the wire).
 
