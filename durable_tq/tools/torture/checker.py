@@ -1,0 +1,248 @@
+"""Reading the histories and the database back, and the checks held against them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from durable_tq.tools.torture.children import QUEUE
+
+log = logging.getLogger("durable_tq.tools.torture")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+# --- reading the histories back -----------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """What the clients were told, from every history file of a run."""
+
+    #: task_id -> uid, for every enqueue that got ok.
+    enqueued: dict[int, str] = field(default_factory=dict)
+    #: task_ids that two different ok'd enqueues were told.
+    reused_ids: list[int] = field(default_factory=list)
+    #: task_id -> lease tokens of the acks that got ok.
+    acked: defaultdict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: First uid of an enqueue_many -> every uid it carried (whatever its outcome).
+    batches: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: (task_id, token) of acks sent after their lease ended that got ok.
+    late_acks_ok: list[tuple[int, str]] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    #: task_id -> (received at, lease expires at, token) of every claim that came back.
+    leases: defaultdict[int, list[tuple[float, float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    #: Tokens a fail or release was sent for (recorded before sending, whatever came back):
+    #: their lease may have ended before it expired.
+    handed_back: set[str] = field(default_factory=set)
+    #: "op outcome" -> how many of them were items of a settle (also in ``outcomes``).
+    via_settle: Counter[str] = field(default_factory=Counter)
+    #: Items sent in settle requests (whatever came back).
+    settle_items: int = 0
+    claims: int = 0
+    redeliveries: int = 0
+    malformed: int = 0
+
+
+def _history_lines(workdir: Path) -> Iterator[list[str]]:
+    for path in sorted(workdir.glob("*.history")):
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                yield line.split()
+
+
+def read_history(workdir: Path) -> History:
+    history = History()
+    for fields in _history_lines(workdir):
+        try:
+            _read_line(history, fields)
+        except (IndexError, ValueError):
+            history.malformed += 1
+    return history
+
+
+def _read_line(history: History, fields: list[str]) -> None:
+    op = fields[0]
+    if op == "claim":
+        history.claims += 1
+        if int(fields[2]) > 1:
+            history.redeliveries += 1
+        history.leases[int(fields[1])].append((float(fields[5]), float(fields[4]), fields[3]))
+        return
+    outcome = fields[1]
+    if op == "settle":  # settle <outcome> <items sent> <tasks claimed>
+        history.outcomes[f"settle {outcome}"] += 1
+        history.settle_items += int(fields[2])
+        return
+    if fields[-1] == "settle":  # one item's own result inside a settle
+        history.via_settle[f"{op} {outcome}"] += 1
+    if op in ("fail", "release"):
+        history.handed_back.add(fields[3])
+        if outcome == "sent":
+            return
+    if op == "enqueue" and len(fields) > 4 and fields[4] != "-":
+        history.batches[fields[4]].append(fields[3])
+    history.outcomes[f"{op} {outcome}"] += 1
+    if outcome != "ok":
+        return
+    task_id = int(fields[2])
+    if op == "enqueue":
+        if task_id in history.enqueued:
+            history.reused_ids.append(task_id)
+        history.enqueued[task_id] = fields[3]
+    elif op == "ack":
+        history.acked[task_id].append(fields[3])
+    elif op == "late_ack":
+        history.late_acks_ok.append((task_id, fields[3]))
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    state: str
+    uid: str | None
+    lease_token: str | None
+
+
+def read_database(db_path: Path) -> dict[int, StoredTask]:
+    """Every task of the torture queue, read through a read-only connection."""
+    conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT id, state, payload, lease_token FROM tasks WHERE queue = ?", (QUEUE,)
+        ).fetchall()
+    finally:
+        conn.close()
+    stored = {}
+    for task_id, state, payload, token in rows:
+        decoded = json.loads(payload)
+        uid = decoded.get("uid") if isinstance(decoded, dict) else None
+        stored[task_id] = StoredTask(state, uid, token)
+    return stored
+
+
+def examples(items: list[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _lease_overlaps(history: History) -> list[str]:
+    """Claims handed out while an earlier lease on the same task was still held.
+
+    A later claim received before the earlier lease's expiry was made by the broker before
+    it, too (same clock). Allowed only when the earlier holder sent a fail or release.
+    """
+    overlaps = []
+    for task_id, leases in history.leases.items():
+        leases.sort()
+        for (_, expires, token), (received, _, _) in itertools.pairwise(leases):
+            if received < expires - 0.001 and token not in history.handed_back:
+                overlaps.append(f"{task_id} ({expires - received:.3f} s early)")
+    return overlaps
+
+
+def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check]:
+    """Hold what the clients were told against what the database holds."""
+    lost = [
+        task_id
+        for task_id, uid in history.enqueued.items()
+        if task_id not in stored or stored[task_id].uid != uid
+    ]
+    unfinished = [
+        f"{task_id} ({stored[task_id].state})"
+        for task_id in history.enqueued
+        if task_id in stored and stored[task_id].state != "succeeded"
+    ]
+    succeeded = sum(
+        1
+        for task_id in history.enqueued
+        if task_id in stored and stored[task_id].state == "succeeded"
+    )
+    double_acked = [
+        f"{task_id} {tokens}" for task_id, tokens in history.acked.items() if len(tokens) > 1
+    ]
+    undone_acks = [
+        task_id
+        for task_id, tokens in history.acked.items()
+        if task_id not in stored
+        or stored[task_id].state != "succeeded"
+        or stored[task_id].lease_token not in tokens
+    ]
+    tokens = Counter(token for leases in history.leases.values() for _, _, token in leases)
+    reused_tokens = [token for token, n in tokens.items() if n > 1]
+    overlaps = _lease_overlaps(history)
+    uids = Counter(task.uid for task in stored.values())
+    duplicated = [uid for uid, n in uids.items() if n > 1]
+    torn = [
+        f"{first} ({sum(uid in uids for uid in batch)} of {len(batch)} stored)"
+        for first, batch in history.batches.items()
+        if 0 < sum(uid in uids for uid in batch) < len(batch)
+    ]
+    ok_enqueues = len(history.enqueued)
+    return [
+        Check(
+            "every ok'd enqueue is stored (no lost writes)",
+            not lost and not history.reused_ids,
+            f"{ok_enqueues} ok'd, {len(lost)} missing"
+            + (f": {examples(lost)}" if lost else "")
+            + (f"; ids told twice: {examples(history.reused_ids)}" if history.reused_ids else ""),
+        ),
+        Check(
+            "every ok'd enqueue reached succeeded (at-least-once)",
+            succeeded == ok_enqueues,
+            f"{succeeded} of {ok_enqueues} succeeded"
+            + (f"; not: {examples(unfinished)}" if unfinished else ""),
+        ),
+        Check(
+            "at most one ok'd ack per task (fencing)",
+            not double_acked,
+            f"{sum(len(t) for t in history.acked.values())} ok'd acks on "
+            f"{len(history.acked)} tasks"
+            + (f"; twice: {examples(double_acked)}" if double_acked else ""),
+        ),
+        Check(
+            "every ok'd ack is the stored one (acks durable)",
+            not undone_acks,
+            f"{len(undone_acks)} not stored"
+            + (f": {examples(undone_acks)}" if undone_acks else ""),
+        ),
+        Check(
+            "acks after the lease ended are refused (fencing)",
+            not history.late_acks_ok,
+            f"{history.outcomes['late_ack lease_lost']} refused with lease_lost, "
+            f"{len(history.late_acks_ok)} accepted"
+            + (f": {examples(history.late_acks_ok)}" if history.late_acks_ok else ""),
+        ),
+        Check(
+            "every claim got a fresh token and a lease of its own",
+            not reused_tokens and not overlaps,
+            f"{history.claims} claims, {len(reused_tokens)} tokens reused, "
+            f"{len(overlaps)} handed out while leased"
+            + (f": {examples(overlaps)}" if overlaps else ""),
+        ),
+        Check(
+            "enqueue_many stored all or nothing",
+            not torn,
+            f"{len(history.batches)} enqueue_many requests, {len(torn)} torn"
+            + (f": {examples(torn)}" if torn else ""),
+        ),
+        Check(
+            "no enqueue stored twice",
+            not duplicated,
+            f"{len(stored)} tasks stored"
+            + (f"; twice: {examples(duplicated)}" if duplicated else ""),
+        ),
+    ]
