@@ -35,8 +35,6 @@ log = logging.getLogger("durable_tq.core.broker")
 
 Result = dict[str, Any]
 
-#: The states counted against max_queue_depth.
-WAITING = (TaskState.QUEUED, TaskState.SCHEDULED)
 #: An enqueue_many of more tasks than this is a heavy write (runs on the database thread).
 HEAVY_ROWS = 200
 
@@ -264,6 +262,13 @@ class Broker:
             self.next_due = moment
             self.due_changed.set()
 
+    def connection_opened(self) -> None:
+        """A front end accepted a connection (counted in ``stats``)."""
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
     def notify_ready(self, ready: Counter[str]) -> None:
         """Tasks became ready (committed): wake claims parked on their queues."""
         for queue, count in ready.items():
@@ -417,7 +422,7 @@ class Broker:
             if depth >= limit:
                 # Say what waits without this request's own tasks (an enqueue_many refused
                 # midway would otherwise count its first items).
-                waiting = depth - batch.request_net(task.queue, *WAITING)
+                waiting = depth - batch.request_net(task.queue, *schema.WAITING_STATES)
                 raise errors.Busy(
                     f"queue {task.queue!r} holds {waiting} waiting tasks (max_queue_depth {limit})",
                     retry_after=1.0,

@@ -124,5 +124,3 @@ OPS: dict[str, Op] = {
 
 #: Operation name -> request type.
 REQUESTS: dict[str, type[s.Request]] = {name: op.request for name, op in OPS.items()}
-#: Operations whose ok reply promises a committed change.
-WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)

@@ -38,9 +38,6 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
-LIVE_STATES = frozenset(
-    {TaskState.WAITING, TaskState.SCHEDULED, TaskState.QUEUED, TaskState.LEASED}
-)
 FINISHED_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 #: The states a queue's depth counts against ``max_queue_depth``.
 WAITING_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED})

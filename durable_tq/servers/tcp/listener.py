@@ -311,7 +311,7 @@ class BrokerServer:
 
     async def _run_connection(self, conn: Connection) -> None:
         self._connections.add(conn)
-        self.broker.connections += 1
+        self.broker.connection_opened()
         log.debug("%r: open", conn)
         try:
             if self._stopping:
@@ -319,7 +319,7 @@ class BrokerServer:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self.broker.connections -= 1
+            self.broker.connection_closed()
             with anyio.CancelScope(shield=True):
                 await self.broker.session_closed(conn.session)
             log.debug("%r: closed", conn)
