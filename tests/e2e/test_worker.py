@@ -420,7 +420,12 @@ async def test_stop_lets_running_tasks_finish(broker_url: str, client: AsyncClie
         with anyio.fail_after(LIMIT):
             await started.wait()
         worker.stop()
-        await anyio.sleep(0.1)
+        # Stopping has reached the point where it waits for the running task: it told the
+        # broker to hand it nothing more (state terminate)...
+        with anyio.fail_after(LIMIT):
+            while not any(w.state == "terminate" for w in await client.workers()):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        # ...and the worker still runs, for the task it started.
         assert worker.running
         finish.set()
     task = await client.get(result.task_id)
