@@ -29,6 +29,7 @@ from durable_tq import errors
 from durable_tq.backoff import backoff_delay
 from durable_tq.client.codec import HEAD, TASKS_OF, ReplyHead, encode_frame, error_of
 from durable_tq.client.types import ClaimedTask, WorkerRegistration
+from durable_tq.wire.ops import OPS
 from durable_tq.wire.schema import PROTOCOL_VERSION
 
 __all__ = ["MAX_LINE_BYTES", "SAFE_TO_RESEND", "Transport"]
@@ -49,8 +50,9 @@ _BACKOFF_CAP = 5.0
 _BACKOFF_JITTER = -0.5
 _NOT_SENT_RETRIES = 3
 
-#: Ops that claim tasks: a reply we stopped waiting for still leased them.
-_CLAIMING = frozenset({"claim", "settle"})
+#: Ops that claim tasks (the op table's ``leases``): a reply we stopped waiting for still
+#: leased them.
+_CLAIMING = frozenset(name for name, op in OPS.items() if op.leases)
 
 
 def _spend(budget: dict[str, int], reason: str) -> bool:

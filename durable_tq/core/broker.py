@@ -606,7 +606,8 @@ class Broker:
         session: Session,
     ) -> Result:
         """Lease up to ``max`` of the best ready tasks; long-poll up to ``wait`` for them."""
-        return {"tasks": await self._claim(queues, max, wait, lease, session, first=None)}
+        plan = self._claim_plan(queues, max, wait, lease)
+        return {"tasks": await self._claim(*plan, wait, session, first=None)}
 
     def _claim_plan(
         self, queues: list[str], limit: int, wait: float, lease: float | None
@@ -621,14 +622,14 @@ class Broker:
         self,
         queues: list[str],
         limit: int,
-        wait: float,
         lease: float | None,
+        wait: float,
         session: Session,
         first: list[Result] | None,
     ) -> list[Result]:
-        """Claim, then long-poll while nothing came. ``first``: the result of a first attempt
-        already made (inside a settle's transaction), or None to make it here."""
-        queues, limit, lease = self._claim_plan(queues, limit, wait, lease)
+        """Claim, then long-poll while nothing came: ``queues``, ``limit`` and ``lease`` as
+        :meth:`_claim_plan` checked them. ``first``: the result of a first attempt already
+        made (inside a settle's transaction), or None to make it here."""
         # A long-poll is a real wait on the event loop (anyio's own monotonic clock), not a
         # stored deadline, so it is measured with time.monotonic rather than the broker's time.
         deadline = time.monotonic() + wait
@@ -964,10 +965,8 @@ class Broker:
             reply["worker_state"] = settled.worker_state
         if settled.cancel:
             reply["cancel"] = settled.cancel
-        if claim is not None:
-            reply["tasks"] = await self._claim(
-                claim.queues, claim.max, claim.wait, claim.lease, session, first=settled.tasks
-            )
+        if plan is not None and claim is not None:
+            reply["tasks"] = await self._claim(*plan, claim.wait, session, first=settled.tasks)
         return reply
 
     def _settle_row(

@@ -37,6 +37,12 @@ class Op:
     #: The broker method that runs it (``Broker.<handler>``).
     handler: str
     summary: str
+    #: Its ok reply may hand out leases: a front end that cannot deliver the reply hands the
+    #: tasks straight back (nobody else knows they are leased).
+    leases: bool = False
+    #: It may hold its reply until something happens (a long-poll): it must not take a slot
+    #: that would hold up the requests behind it.
+    long_poll: bool = False
 
 
 def _op(
@@ -47,9 +53,11 @@ def _op(
     resend_safe: bool,
     role: Role,
     summary: str,
+    leases: bool = False,
+    long_poll: bool = False,
 ) -> Op:
     name = str(request.__struct_config__.tag)
-    return Op(name, request, reply, writes, resend_safe, role, name, summary)
+    return Op(name, request, reply, writes, resend_safe, role, name, summary, leases, long_poll)
 
 
 P, W, A = Role.PRODUCER, Role.WORKER, Role.ADMIN
@@ -64,7 +72,8 @@ OPS: dict[str, Op] = {
         _op(s.EnqueueMany, s.EnqueueManyReply, writes=True, resend_safe=False, role=P,
             summary="Add many tasks, all or nothing."),
         _op(s.Claim, s.ClaimReply, writes=True, resend_safe=False, role=W,
-            summary="Lease the best ready tasks of some queues; long-poll up to wait seconds."),
+            summary="Lease the best ready tasks of some queues; long-poll up to wait seconds.",
+            leases=True, long_poll=True),
         _op(s.Ack, s.Empty, writes=True, resend_safe=True, role=W,
             summary="Finish a leased task as succeeded, with an optional result."),
         _op(s.Fail, s.FailReply, writes=True, resend_safe=True, role=W,
@@ -72,13 +81,15 @@ OPS: dict[str, Op] = {
         _op(s.Release, s.FailReply, writes=True, resend_safe=True, role=W,
             summary="Give a leased task back without counting the attempt."),
         _op(s.Settle, s.SettleReply, writes=True, resend_safe=False, role=W,
-            summary="Ack, fail or release many leases in one commit; optionally claim more."),
+            summary="Ack, fail or release many leases in one commit; optionally claim more.",
+            leases=True, long_poll=True),
         _op(s.Extend, s.ExtendReply, writes=True, resend_safe=True, role=W,
             summary="Move a lease's expiry."),
         _op(s.Progress, s.ProgressReply, writes=True, resend_safe=True, role=W,
             summary="Record a running task's progress (fenced by its lease, not fsynced)."),
         _op(s.Wait, s.WaitReply, writes=False, resend_safe=True, role=P,
-            summary="Hold the reply until a task is finished, or up to timeout seconds."),
+            summary="Hold the reply until a task is finished, or up to timeout seconds.",
+            long_poll=True),
         _op(s.QueueSettings, s.QueueSettingsReply, writes=True, resend_safe=True, role=A,
             summary="Set a queue's defaults (result_ttl)."),
         _op(s.Heartbeat, s.HeartbeatReply, writes=True, resend_safe=True, role=W,

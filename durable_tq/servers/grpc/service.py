@@ -31,8 +31,6 @@ log = logging.getLogger("durable_tq.grpc")
 
 SERVICE_NAME = "durable_tq.v1.DurableTQ"
 WORKER_ID_KEY = "durable-tq-worker-id"
-#: Ops that may hand out leases: run so that a cancelled call hands its tasks back.
-LEASING_OPS = frozenset({"claim", "settle"})
 
 Handler = Callable[[Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
 
@@ -129,7 +127,7 @@ class DurableTQService:
             if request.worker is not None:  # registering a worker takes the worker role
                 auth.authorize(self.settings, token, OPS["claim"])
             return await self._hello(request, token)
-        if op.name in LEASING_OPS:
+        if op.leases:
             return await self._leasing(op, request, session)
         return await self._call(op, request, session)
 

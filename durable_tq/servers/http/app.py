@@ -56,8 +56,6 @@ STATUS: dict[str, int] = {
     "shutting_down": 503,
     "internal": 500,
 }
-#: Ops whose reply hands out leases: an undelivered reply hands them back.
-LEASING_OPS = frozenset({"claim", "settle"})
 JSON = "application/json"
 
 _BODY = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -248,7 +246,7 @@ class OpEndpoint:
         if self.route.required_query:
             self._confirm(request)
         wire_request = await self.builder.build(request)
-        if self.op.name in LEASING_OPS:
+        if self.op.leases:
             return await self._leasing(wire_request, receive)
         result = await _call(state.broker, wire_request, self.op)
         if self.route.view is not None:

@@ -14,9 +14,7 @@ from anyio.streams.tls import TLSStream
 from durable_tq import errors
 from durable_tq.core.broker import Result, Session
 from durable_tq.servers.tcp.constants import (
-    LEASING_OPS,
     NOTICE_TIMEOUT,
-    PARKING_READS,
     READS_PER_TURN,
     SHARE_FLOOR,
     TRANSPORT_DRAIN_POLL,
@@ -326,10 +324,10 @@ class Connection:
                 needs = f"{op.name} needs a {op.role.name.lower()} token"
                 self._post(codec.error_reply(request_id, errors.Forbidden(needs)))
                 return
-            if op.name in LEASING_OPS:
+            if op.leases:
                 await self._run_leasing(request_id, request, op)
                 return
-            if not op.writes and op.name not in PARKING_READS:
+            if not op.writes and not op.long_poll:
                 async with self._reads:
                     await self._writable()
                     reply, closes = await self._execute(request_id, request, op)

@@ -14,12 +14,6 @@ LINGER_TIMEOUT = 2.0
 #: How long a notice sent just before closing (``too_many_connections``, ``shutting_down``)
 #: may wait on a peer that does not read.
 NOTICE_TIMEOUT = 2.0
-#: Ops whose ok reply hands out leases: if such a reply cannot be delivered, the tasks are
-#: handed straight back (nobody else knows they are leased).
-LEASING_OPS = frozenset({"claim", "settle"})
-#: Reads that park until something happens (``wait``): they do not take one of the
-#: connection's read slots, or two parked waits would hold up every other read behind them.
-PARKING_READS = frozenset({"wait"})
 #: How often a connection over its reply bound checks whether the peer has read some (only
 #: while it has stopped reading and running that peer's requests).
 TRANSPORT_DRAIN_POLL = 0.01
