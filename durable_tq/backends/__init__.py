@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -35,6 +35,11 @@ class Backend(Protocol):
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(connection)`` in one consistent read."""
+        ...
+
+    def may_have_ready(self, queues: Iterable[str]) -> bool:
+        """False only when none of ``queues`` can hold a committed ready task: a claim then
+        answers at once without writing. A backend shared by several brokers says True."""
         ...
 
     @property

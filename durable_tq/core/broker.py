@@ -662,8 +662,11 @@ class Broker:
     async def _claim_once(
         self, queues: list[str], limit: int, lease: float | None, worker_id: str | None
     ) -> list[Result]:
-        open_queues = [q for q in queues if q not in self.paused]
-        if not open_queues:
+        paused = self.paused
+        open_queues = [q for q in queues if q not in paused] if paused else queues
+        if not open_queues or not self.store.may_have_ready(open_queues):
+            # Nothing committed is ready there: an empty answer without a turn in the group
+            # commit (an enqueue not committed yet is not acknowledged yet either).
             return []
         tasks = await self.store.write(
             lambda conn, batch: self._lease_tasks(
@@ -713,8 +716,7 @@ class Broker:
             ready = self.store.ready_queues | batch.readied()
             candidates = [
                 tuple(row)
-                for queue in queues
-                if queue in ready
+                for queue in ready.intersection(queues)
                 for row in conn.execute(queries.READY_IN_QUEUE, (queue, limit))
             ]
             candidates.sort(key=lambda c: (-c[1], c[0]))

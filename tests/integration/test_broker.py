@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import pytest
 
 from durable_tq import errors
 from durable_tq import protocol as p
+from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
 from durable_tq.core.broker import Broker, Session, TaskSpec, backoff_delay
 
@@ -187,12 +189,15 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
     async with Broker(settings) as broker:
         task_id = await enqueue(broker, max_attempts=4)
         for attempt in range(1, 5):
-            # Make the task ready now, whatever its backoff: claim needs it queued.
-            await broker.store.write(
-                lambda conn, batch: conn.execute(
+            # Make the task ready now, whatever its backoff: claim needs it queued (and the
+            # counts must hear of the move, as the sweeper's own moves do).
+            def make_ready(conn: sqlite3.Connection, batch: Batch) -> None:
+                cursor = conn.execute(
                     "UPDATE tasks SET state='queued' WHERE id=? AND state='scheduled'", (task_id,)
                 )
-            )
+                batch.moved("q", "scheduled", "queued", cursor.rowcount)
+
+            await broker.store.write(make_ready)
             (task,) = await claim(broker)
             assert task["attempt"] == attempt
             before = time.time()

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -819,6 +819,11 @@ class Store:
             return await on_db_thread(reader, _in_read_transaction, fn)
         except sqlite3.Error as exc:
             raise storage_error(exc, "reading") from exc
+
+    def may_have_ready(self, queues: Iterable[str]) -> bool:
+        """False when no queue of ``queues`` holds a committed ready task (this broker is the
+        database's only writer, so its counts know)."""
+        return not self.ready_queues.isdisjoint(queues)
 
     @property
     def pending_writes(self) -> int:

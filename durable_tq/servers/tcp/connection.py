@@ -18,6 +18,7 @@ from durable_tq.servers.tcp.constants import (
     READS_PER_TURN,
     SHARE_FLOOR,
     TRANSPORT_DRAIN_POLL,
+    TURN_BYTES,
 )
 from durable_tq.servers.tcp.framing import STREAM_ERRORS, FrameReader, PeerGone
 from durable_tq.wire import codec
@@ -201,7 +202,6 @@ class Connection:
                 await self._writable()
             except PeerGone:
                 return
-            read_in_turn += 1
             if read_in_turn >= READS_PER_TURN:
                 # Let the other connections' readers and runners go before reading on.
                 read_in_turn = 0
@@ -209,6 +209,8 @@ class Connection:
             line = await self._receive_or_idle(reader, idle_timeout)
             if line is None:
                 return
+            # A long line is more work (a claim over 1,000 queues): it uses more of the turn.
+            read_in_turn += 1 + len(line) // TURN_BYTES
             request_id, request = await self._decode(line)
             if request is None:
                 continue

@@ -23,7 +23,11 @@ SHARE_FLOOR = 64 * 1024
 #: How long the broker-wide count of unwritten reply bytes is reused before it is summed again.
 TOTAL_BUFFERED_TTL = 0.01
 #: Requests read from one connection in a row before its reader lets the others run (fairness).
+#: A request counts one more for every TURN_BYTES of its line: the work of a request grows
+#: with its length (names of queues to claim from, tasks to enqueue, settles), so a peer
+#: pipelining long requests gets fewer of them per turn of the event loop.
 READS_PER_TURN = 32
+TURN_BYTES = 1024
 #: Accept errors that mean "out of a resource for now" (files, buffers, memory): the accept
 #: loop pauses this long and tries again instead of failing.
 ACCEPT_PAUSE = 0.1
