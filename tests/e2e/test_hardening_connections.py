@@ -90,7 +90,10 @@ def test_excess_connections_are_refused_cheaply_and_the_broker_lives(brokers) ->
 
 def test_a_pre_hello_flood_that_never_reads_is_closed_at_the_hello_deadline(brokers) -> None:  # type: ignore[no-untyped-def]
     broker = brokers(max_connections=5, hello_timeout=1)
-    junk = hostile.line("stats") * 2000
+    # Each pre-hello request echoes a 50 KB id in its hello_required reply: a few hundred fill
+    # the broker's socket send buffer (up to 4 MB here) so its sends block within the
+    # deadline, as they did when the deadline covered only the reads (the bypass reported).
+    junk = hostile.line("stats", "x" * 50_000) * 20
     peers = [hostile.Peer(broker.port, rcvbuf=4096) for _ in range(5)]
     began = time.monotonic()
     hostile.in_threads(*[lambda p=p: p.flood(junk, 10.0) for p in peers])
