@@ -31,6 +31,8 @@ TURN_BYTES = 1024
 #: Accept errors that mean "out of a resource for now" (files, buffers, memory): the accept
 #: loop pauses this long and tries again instead of failing.
 ACCEPT_PAUSE = 0.1
+#: Connections accepted in a row before the accept loop lets the open connections run.
+ACCEPTS_PER_TURN = 16
 ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Files the broker holds besides its connections (database, WAL, shared memory and lock file
 #: per SQLite connection, the listener, the event loop's own, stdio, logs): kept free when

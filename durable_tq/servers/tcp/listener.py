@@ -27,6 +27,7 @@ from durable_tq.servers.tcp.connection import Connection
 from durable_tq.servers.tcp.constants import (
     ACCEPT_PAUSE,
     ACCEPT_RESOURCE_ERRORS,
+    ACCEPTS_PER_TURN,
     LINGER_TIMEOUT,
     NOTICE_TIMEOUT,
     READ_CHUNK,
@@ -188,7 +189,15 @@ class BrokerServer:
         self, listening: socket.socket, connections: anyio.abc.TaskGroup
     ) -> None:
         loop = asyncio.get_running_loop()
+        accepted_in_turn = 0
         while True:
+            accepted_in_turn += 1
+            if accepted_in_turn > ACCEPTS_PER_TURN:
+                # sock_accept returns without yielding while the backlog holds connections:
+                # a burst of hundreds would be set up in one turn of the loop, ahead of every
+                # request of the connections already open.
+                accepted_in_turn = 0
+                await anyio.lowlevel.checkpoint()
             try:
                 sock, _ = await loop.sock_accept(listening)
             except asyncio.CancelledError:
