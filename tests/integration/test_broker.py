@@ -18,7 +18,7 @@ from durable_tq import protocol as p
 from durable_tq.config import Settings
 from durable_tq.core.broker import Broker, Session, TaskSpec, backoff_delay
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,9 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
             # Make the task ready now, whatever its backoff: claim needs it queued.
             await broker.store.write(
                 lambda conn, batch: conn.execute(
-                    "UPDATE tasks SET state='queued' WHERE id=? AND state='scheduled'", (task_id,)
+                    "UPDATE tasks SET state='queued' WHERE id = "
+                    f"{broker.sql.PARAM} AND state='scheduled'",
+                    (task_id,),
                 )
             )
             (task,) = await claim(broker)
@@ -574,6 +576,7 @@ async def test_state_survives_close_and_reopen(settings: Settings) -> None:
         assert (await claim(broker))[0]["task_id"] == waiting
 
 
+@pytest.mark.sqlite_only  # one broker per SQLite file; PostgreSQL takes several
 async def test_second_broker_on_the_same_file_is_refused(settings: Settings) -> None:
     async with Broker(settings):
         with pytest.raises(errors.ConfigError, match="in use by another broker"):
@@ -688,11 +691,7 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         sweeper = Sweeper(broker)
 
         def counts(conn: Any) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-            kept = {
-                (q, s): n
-                for q, s, n in conn.execute("SELECT queue, state, n FROM queue_counts")
-                if n
-            }
+            kept = {(q, s): n for q, s, n in conn.execute(broker.sql.QUEUE_COUNTS) if n}
             actual = {
                 (q, s): n
                 for q, s, n in conn.execute(
@@ -741,6 +740,7 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         assert kept == actual
 
 
+@pytest.mark.sqlite_only  # SQLite's savepoint machinery
 async def test_a_batch_that_breaks_midway_commits_nothing_and_the_next_one_works(
     broker: Broker,
 ) -> None:
@@ -834,6 +834,7 @@ async def test_settle_with_claim_leases_after_settling_in_one_round_trip(broker:
     assert plain(await broker.settle(settles=[], claim=claim_args, session=session))["tasks"] == []
 
 
+@pytest.mark.sqlite_only  # PRAGMA synchronous
 async def test_a_batch_with_any_durable_write_commits_with_full_sync(
     make_settings: Callable[..., Settings],
 ) -> None:
