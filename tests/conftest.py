@@ -214,7 +214,7 @@ class BrokerProcess:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         workdir: Path,
         *,
         args: list[str],
@@ -388,7 +388,7 @@ def serve_subprocess(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def start(
-        db_path: Path | None = None,
+        db_path: Path | str | None = None,
         *,
         args: tuple[str, ...] | list[str] = (),
         env: dict[str, str] | None = None,
@@ -399,7 +399,7 @@ def serve_subprocess(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
         child_env.update(env or {})
         process = BrokerProcess(
-            Path(db_path) if db_path is not None else tmp_path / "subprocess.db",
+            tmp_path / "subprocess.db" if db_path is None else db_path,
             workdir,
             args=list(args),
             env=child_env,

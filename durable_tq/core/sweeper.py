@@ -97,7 +97,10 @@ class Sweeper:
         broker = self.broker
         if broker.shared or broker.queues_stale:
             await broker.reload_queues()
-        if not await broker.store.lead():  # another broker on the database sweeps
+        if not await broker.store.lead():
+            # Another broker on the database sweeps (and watches what falls due): sleep a
+            # whole interval, then ask for the lock again.
+            broker.next_due = math.inf
             return SweepResult()
         now = broker.now()
         # Anything timed that is written from here on must wake us again.

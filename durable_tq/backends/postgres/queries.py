@@ -93,18 +93,26 @@ FROM unnest(%(queues)s::text[], %(states)s::text[], %(ns)s::bigint[]) AS d(queue
 ON CONFLICT (queue, state, slot) DO UPDATE SET n = queue_counts.n + excluded.n
 """
 
-# The sweeping broker folds every slot's deltas into slot 0, so rows do not pile up per
-# broker start. A broker writing its own slot meanwhile waits for the row lock, or inserts
-# its row again (ON CONFLICT takes either path atomically).
-FOLD_COUNTS: str | None = """
-WITH gone AS (DELETE FROM queue_counts WHERE slot <> 0 RETURNING queue, state, n),
+# Each broker holds the advisory lock (SLOT_LOCK, its slot) on a session of its own while it
+# runs. The sweeping broker folds the rows of slots whose lock it can take (their broker is
+# gone) into slot 0, so rows do not pile up per broker start, and never touches a live
+# broker's rows (no lock waits between them).
+SLOT_LOCK = 0x64747100
+FOLD_COUNTS: str | None = f"""
+WITH slots AS (SELECT DISTINCT slot FROM queue_counts WHERE slot <> 0),
+     gone_slots AS (SELECT slot FROM slots
+                    WHERE pg_try_advisory_xact_lock({SLOT_LOCK}, slot::integer)),
+     gone AS (DELETE FROM queue_counts WHERE slot IN (SELECT slot FROM gone_slots)
+              RETURNING queue, state, n),
      summed AS (SELECT queue, state, sum(n)::bigint AS n FROM gone GROUP BY queue, state)
 INSERT INTO queue_counts (queue, state, slot, n) SELECT queue, state, 0, n FROM summed
 ON CONFLICT (queue, state, slot) DO UPDATE SET n = queue_counts.n + excluded.n
 """
 
-# Wakes claims (channel dtq_ready: "queue count"), waits (dtq_done: task ids) and queue
-# settings (dtq_queue: name) on every broker once the transaction commits.
+# Wakes claims (channel dtq_ready: [queue, count]), waits (dtq_done: task ids) and queue
+# settings (dtq_queue: name) on the other brokers. Sent right after the COMMIT, outside the
+# transaction: a transaction that notifies holds one database-wide lock through its commit's
+# WAL flush, which would make every broker's commits wait for each other's fsync.
 NOTIFY: str | None = """
 SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)
 """

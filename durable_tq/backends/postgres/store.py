@@ -120,8 +120,9 @@ class Store:
         self.settings = settings
         self.url = settings.db_url
         self.stats = StoreStats()
-        #: This broker's queue_counts slot: random per start, folded into slot 0 by sweeps.
-        self.slot = secrets.randbelow(2**62) + 1
+        #: This broker's queue_counts slot: random per start, held as an advisory lock on the
+        #: sweep session while it runs; the rows of a slot nobody holds are folded into slot 0.
+        self.slot = secrets.randbelow(2**31 - 1) + 1
         self.ready_queues = EveryQueue()
         self.shared = True
         self._writer: Connection | None = None
@@ -167,6 +168,7 @@ class Store:
                 executor = ThreadPoolExecutor(1, thread_name_prefix=f"durable_tq-pg-reader-{i}")
                 reader = await self._on(executor, connect, self.url)
                 self._readers.append((reader, executor))
+            await self._on(self._lead_thread, self._lead_session)
             self.listener = Listener(self.url, self._loop, self._notified, self.own_pids)
             await self._on(self._lead_thread, self.listener.connect)
         except BaseException:
@@ -223,17 +225,24 @@ class Store:
         asked for again on a new one."""
         return await self._on(self._lead_thread, self._try_lead)
 
-    def _try_lead(self) -> bool:
+    def _lead_session(self) -> Connection:
+        """The session that holds this broker's slot lock, and the sweep lock when it has it."""
         conn = self._lead_conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._lead_conn = connect(self.url, application_name="durable_tq sweep")
+            self._leading = False
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (queries.SLOT_LOCK, self.slot))
+        return conn
+
+    def _try_lead(self) -> bool:
         try:
-            if conn is not None and not conn.closed:
-                # Still ours? A session that died took the lock with it.
-                conn.execute("SELECT 1").fetchone()
-                if self._leading:
-                    return True
-            else:
-                conn = self._lead_conn = connect(self.url, application_name="durable_tq sweep")
-                self._leading = False
+            conn = self._lead_session()
+            # Still ours? A session that died took the lock with it.
+            conn.execute("SELECT 1").fetchone()
+            if self._leading:
+                return True
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
             self._leading = bool(row and row[0])
             if self._leading:
@@ -395,8 +404,10 @@ class Store:
             state.begin_request()
             self.before_commit(conn, state)
             state.keep_request()
-        self._count_and_notify(conn, state)
+        notes = self._count(conn, state)
         conn.execute("COMMIT")
+        if notes[0]:
+            self._notify(conn, notes)
         return state, None
 
     def _run_request(self, conn: Any, state: Batch, pending: _PendingWrite[Any]) -> bool:
@@ -432,8 +443,9 @@ class Store:
             conn.execute("RELEASE SAVEPOINT request")
         return True
 
-    def _count_and_notify(self, conn: Connection, state: Batch) -> None:
-        """This broker's count deltas and the notifications of the batch, before COMMIT."""
+    def _count(self, conn: Connection, state: Batch) -> tuple[list[str], list[str]]:
+        """Write this broker's count deltas of the batch (before COMMIT); the notifications
+        to send once it committed: (channels, payloads)."""
         moves = [(q, s, n) for (q, s), n in state.moves.items() if n]
         channels: list[str] = []
         payloads: list[str] = []
@@ -445,11 +457,9 @@ class Store:
         for start in range(0, len(done), IDS_PER_NOTIFY):
             channels.append(DONE_CHANNEL)
             payloads.append(json.dumps(done[start : start + IDS_PER_NOTIFY]))
-        changed = state.memo.get("queue_changed")
-        if changed:
-            for queue in changed:
-                channels.append(QUEUE_CHANNEL)
-                payloads.append(queue)
+        for queue in state.memo.get("queue_changed", ()):
+            channels.append(QUEUE_CHANNEL)
+            payloads.append(queue)
         if moves:
             conn.execute(
                 queries.ADD_TO_COUNTS,
@@ -460,8 +470,16 @@ class Store:
                     "ns": [m[2] for m in moves],
                 },
             )
-        if channels:
-            conn.execute(NOTIFY, (channels, payloads))
+        return channels, payloads
+
+    @staticmethod
+    def _notify(conn: Connection, notes: tuple[list[str], list[str]]) -> None:
+        """Tell the other brokers what just committed. Lost only if this broker dies between
+        the two: a claim parked elsewhere then finds the work at its next try."""
+        try:
+            conn.execute(NOTIFY, notes)
+        except psycopg.Error as exc:  # committed already: the callers still get their answers
+            log.warning("could not notify the other brokers: %s", exc)
 
     @staticmethod
     def _rollback(conn: Connection) -> None:
