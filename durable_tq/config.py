@@ -117,6 +117,11 @@ class Settings(BaseSettings):
 
     # storage
     db_path: Path = Field(Path("durable_tq.db"), description="SQLite database file.")
+    db_url: str | None = Field(
+        None,
+        description="postgresql://USER@HOST:PORT/DB: keep tasks in PostgreSQL (several "
+        "brokers may share it; docs/postgres.md) instead of the SQLite file db_path.",
+    )
     synchronous: Synchronous = Field(
         Synchronous.FULL, description="FULL: every ok is on disk. NORMAL: faster, WAL-safe."
     )
@@ -234,6 +239,25 @@ class Settings(BaseSettings):
                 "anyone in; remove it (no tokens at all means no auth)"
             )
         return tokens
+
+    @field_validator("db_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("give a postgresql://USER@HOST:PORT/DB URL")
+        return value
+
+    @property
+    def database(self) -> str:
+        """The database as the listening line and logs name it (no password)."""
+        if self.db_url is None:
+            return str(Path(self.db_path).resolve())
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.db_url)
+        if parts.password is None:
+            return self.db_url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
     @field_validator("synchronous", mode="before")
     @classmethod

@@ -30,13 +30,91 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# --- backends: SQLite files, or one PostgreSQL database per test run ------------------------
+#
+# A test module marked ``pytest.mark.postgres`` runs each of its tests twice: on a fresh SQLite
+# file (``[sqlite]``) and on PostgreSQL (``[postgres]``): a database
+# ``durable_tq_test_<random>`` created for the run on DURABLE_TQ_TEST_PG (default
+# postgresql://postgres@127.0.0.1:5432/postgres) and dropped after it, emptied before each
+# test. A test of SQLite itself in such a module is marked ``pytest.mark.sqlite_only``.
+# Without a reachable PostgreSQL the [postgres] tests skip, saying why; in CI (CI=true) they
+# fail with that message instead.
+
+PG_ADMIN_URL = os.environ.get("DURABLE_TQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+_PG_TABLES = "tasks, task_deps, queues, queue_counts, workers, schedules"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("postgres") is not None
+    if both and metafunc.definition.get_closest_marker("sqlite_only") is None:
+        metafunc.parametrize("db_backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of this run's PostgreSQL database (created now, dropped at the end)."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        _no_postgres(f"psycopg is not installed ({exc}): pip install 'durable_tq[postgres]'")
+    name = f"durable_tq_test_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        _no_postgres(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}".strip())
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _no_postgres(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI needs PostgreSQL for the [postgres] tests: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL for the [postgres] tests: {reason}")
+
+
+def empty_postgres(url: str) -> None:
+    """Remove every row a test may have left (the schema stays: the next broker finds it)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '20s'")
+        exists = conn.execute("SELECT to_regclass('tasks') IS NOT NULL").fetchone()
+        if exists and exists[0]:
+            conn.execute(f"TRUNCATE {_PG_TABLES} RESTART IDENTITY")
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings on a fresh database file in this test's temp folder, port 0, loopback."""
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The backend of this test: sqlite, or postgres in a module marked postgres (above)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def db_url(db_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The emptied PostgreSQL database of a [postgres] test; None on SQLite."""
+    if db_backend != "postgres":
+        return None
+    url = str(request.getfixturevalue("postgres_database"))
+    empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, db_url: str | None) -> Callable[..., Settings]:
+    """Settings on a fresh database (a file in this test's temp folder, or the emptied
+    PostgreSQL database of a [postgres] test), port 0, loopback."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "db_path": tmp_path / "broker.db",
+            "db_url": db_url,
             "host": "127.0.0.1",
             "port": 0,
             "sweep_interval": 0.1,
@@ -136,7 +214,7 @@ class BrokerProcess:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         workdir: Path,
         *,
         args: list[str],
@@ -310,7 +388,7 @@ def serve_subprocess(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def start(
-        db_path: Path | None = None,
+        db_path: Path | str | None = None,
         *,
         args: tuple[str, ...] | list[str] = (),
         env: dict[str, str] | None = None,
@@ -321,7 +399,7 @@ def serve_subprocess(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
         child_env.update(env or {})
         process = BrokerProcess(
-            Path(db_path) if db_path is not None else tmp_path / "subprocess.db",
+            tmp_path / "subprocess.db" if db_path is None else db_path,
             workdir,
             args=list(args),
             env=child_env,

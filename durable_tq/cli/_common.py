@@ -87,10 +87,11 @@ JsonOption = Annotated[
     typer.Option("--json", help="Print JSON for scripts instead of tables (docs/cli.md)."),
 ]
 DbOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help="Read this database file directly (read-only; works while the broker is down).",
+        help="Read this SQLite database file directly (read-only; works while the broker is "
+        "down). For PostgreSQL, give --url of any broker on the database.",
         show_default=False,
     ),
 ]

@@ -14,14 +14,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from durable_tq import errors
+from durable_tq import backends, errors
 from durable_tq.backends.sqlite import migrate, queries, reads, store
 from durable_tq.wire import codec
 
 
 @contextmanager
-def open_database(path: Path) -> Iterator[sqlite3.Connection]:
+def open_database(db: str | Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to a durable_tq database whose schema this version knows."""
+    if backends.is_postgres_url(str(db)):
+        raise errors.ConfigError(
+            "--db reads SQLite files only; for PostgreSQL give --url of any broker on the "
+            "database (they all answer the same), or query it with psql"
+        )
+    path = Path(db)
     conn = store.open_readonly(path)
     try:
         try:

@@ -13,7 +13,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from durable_tq import config, errors
+from durable_tq import backends, config, errors
 from durable_tq.backends.sqlite import migrate, store
 from durable_tq.cli._app import app
 from durable_tq.cli._common import (
@@ -27,17 +27,23 @@ from durable_tq.cli._common import (
 )
 
 DbPathOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help="The database file (default: db_path from the settings).",
+        help="The database file, or a postgresql:// URL (default: db_url or db_path from "
+        "the settings).",
         show_default=False,
     ),
 ]
 
 
-def _database_path(db: Path | None, config_file: Path | None) -> tuple[Path, config.Settings]:
-    settings = config.load_settings(config_file, db_path=db)
+def _database_path(db: str | None, config_file: Path | None) -> tuple[Path, config.Settings]:
+    if backends.is_postgres_url(db):
+        settings = config.load_settings(config_file, db_url=db)
+    else:
+        settings = config.load_settings(config_file, db_path=None if db is None else Path(db))
+        if db is not None:
+            settings = settings.model_copy(update={"db_url": None})
     return Path(settings.db_path), settings
 
 
@@ -69,6 +75,9 @@ def migrate_database(
     refuses while a broker holds the file.
     """
     path, settings = _database_path(db, config_file)
+    if settings.db_url is not None:
+        _migrate_postgres(settings.db_url, json_output)
+        return
     if not path.parent.is_dir():
         raise UsageError(f"folder {path.parent} does not exist")
     existed = path.exists()
@@ -112,6 +121,49 @@ def migrate_database(
         )
     state = "up to date" if after == latest else f"latest is {latest}"
     console.print(Text.assemble((str(path), "bold"), f": schema version {after} ({state})"))
+
+
+def _migrate_postgres(url: str, json_output: bool) -> None:
+    """PostgreSQL: migrate under the migration advisory lock; safe while brokers run (a
+    broker starting meanwhile waits for the lock, then finds the schema up to date)."""
+    try:
+        from durable_tq.backends.postgres import migrate as pg_migrate
+        from durable_tq.backends.postgres import store as pg_store
+    except ImportError as exc:
+        raise UsageError(
+            "PostgreSQL needs the postgres extra: pip install 'durable_tq[postgres]'"
+        ) from exc
+    shown = pg_store.describe_url(url)
+    conn = pg_store.connect(url)
+    try:
+        before = pg_migrate.current_version(conn)
+        try:
+            applied = pg_migrate.apply_migrations(conn)
+        except errors.ConfigError as exc:
+            raise errors.Conflict(exc.message) from exc
+        after = pg_migrate.current_version(conn)
+    finally:
+        conn.close()
+    latest = pg_migrate.latest_version()
+    if json_output:
+        print_json(
+            {
+                "database": shown,
+                "created": False,
+                "from_version": before,
+                "version": after,
+                "latest_version": latest,
+                "applied": [f"{m.version:04d}_{m.name}" for m in applied],
+            }
+        )
+        return
+    console = stdout_console()
+    for migration in applied:
+        console.print(
+            Text.assemble("applied ", (f"{migration.version:04d}_{migration.name}", "green"))
+        )
+    state = "up to date" if after == latest else f"latest is {latest}"
+    console.print(Text.assemble((shown, "bold"), f": schema version {after} ({state})"))
 
 
 def _lock_holder(lock_path: Path) -> str:
@@ -234,7 +286,12 @@ def backup(
     Needs no broker lock and never stops the broker. The copy is checked with PRAGMA
     integrity_check before it takes PATH's name.
     """
-    source, _ = _database_path(db, config_file)
+    source, settings = _database_path(db, config_file)
+    if settings.db_url is not None:
+        raise UsageError(
+            "backup copies SQLite files; back a PostgreSQL database up with pg_dump "
+            "(docs/postgres.md)"
+        )
     if not source.exists():
         raise UsageError(f"database {source} does not exist")
     if target.exists() and not force:

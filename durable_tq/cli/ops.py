@@ -224,7 +224,7 @@ def stats(
         )
 
 
-def _db_stats_reader(db: Path, config_file: Path | None) -> Callable[[], dict[str, Any]]:
+def _db_stats_reader(db: str, config_file: Path | None) -> Callable[[], dict[str, Any]]:
     """Stats from the file; live workers are judged by the settings' worker_timeout."""
     worker_timeout = config.load_settings(config_file).worker_timeout
 

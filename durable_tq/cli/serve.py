@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from durable_tq import config, errors
+from durable_tq import backends, config, errors
 from durable_tq.cli._app import EXIT_OPERATION_ERROR, app
 from durable_tq.cli._common import fail, handles_errors
 from durable_tq.servers import tcp as server
@@ -28,7 +28,11 @@ def serve(
         int | None, typer.Option(help="TCP port; 0 picks a free one [default: 7480].")
     ] = None,
     db: Annotated[
-        Path | None, typer.Option(help="SQLite database file [default: ./durable_tq.db].")
+        str | None,
+        typer.Option(
+            help="SQLite database file [default: ./durable_tq.db], or a "
+            "postgresql://USER@HOST:PORT/DB URL (docs/postgres.md)."
+        ),
     ] = None,
     config_file: Annotated[
         Path | None,
@@ -71,7 +75,7 @@ def serve(
         config_file,
         host=host,
         port=port,
-        db_path=db,
+        **_database_options(db),
         log_level=log_level,
         http_enabled=False if no_http else (True if http else None),
         http_host=http_host,
@@ -84,7 +88,7 @@ def serve(
             EXIT_OPERATION_ERROR,
         )
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    database = Path(settings.db_path).resolve()
+    database = settings.database
 
     def announce(started: server.BrokerServer) -> None:
         print(f"durable_tq listening on {started.url} (database {database})", flush=True)
@@ -111,3 +115,12 @@ def _http_address(value: str | None) -> tuple[str | None, int | None]:
     if not sep or not port.isdigit():
         raise errors.ConfigError(f"--http {value!r}: give HOST:PORT, e.g. 127.0.0.1:7481")
     return host.strip("[]") or None, int(port)
+
+
+def _database_options(db: str | None) -> dict[str, object]:
+    """``--db``: a PostgreSQL URL sets ``db_url``, anything else is the SQLite ``db_path``."""
+    if db is None:
+        return {}
+    if backends.is_postgres_url(db):
+        return {"db_url": db}
+    return {"db_path": Path(db), "db_url": None}

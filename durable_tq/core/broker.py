@@ -18,10 +18,9 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from durable_tq import backoff, errors
-from durable_tq.backends.sqlite import queries
+from durable_tq import backends, backoff, errors
 from durable_tq.backends.sqlite.reads import read_stats, read_task_page, task_from_row
-from durable_tq.backends.sqlite.store import Batch, Store
+from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
 from durable_tq.core import limits, scheduler
 from durable_tq.core.clock import BrokerTime, Clock
@@ -206,7 +205,16 @@ class Broker:
         #: The broker's time (durable_tq.core.clock): Unix seconds that move with the monotonic
         #: clock while it runs, so a wall-clock step neither shortens nor stretches a lease.
         self.time = BrokerTime(clock)
-        self.store = Store(settings)
+        self.store = backends.open_store(settings)
+        #: The store's SQL, by name (``backends.sqlite.queries`` or ``backends.postgres...``).
+        self.sql = self.store.queries
+        #: Other brokers write the same database (PostgreSQL): their commits reach us as
+        #: notifications, and the queues' settings are re-read at every sweep.
+        self.shared = self.store.shared
+        self.store.on_ready = self._remote_ready
+        self.store.on_done = self._remote_done
+        self.store.on_queue_changed = self._remote_queue_changed
+        self.queues_stale = False
         self.waiters = Waiters()
         self.paused: set[str] = set()
         #: Queues that have a row in ``queues``: new ones get one on their first enqueue.
@@ -246,13 +254,43 @@ class Broker:
         self.time.anchor()
         self.started_at = self.now()
         await self.store.open()
-        queues = await self.store.read(lambda conn: conn.execute(queries.QUEUES).fetchall())
+        await self.reload_queues()
+
+    async def reload_queues(self) -> None:
+        """Read the queues' settings (pause, limits). At open; on a store shared with other
+        brokers also at every sweep and when one of them changed a queue (notified)."""
+        self.queues_stale = False
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            queues = conn.execute(self.sql.QUEUES).fetchall()
+            return queues, conn.execute(self.sql.QUEUE_LIMITS).fetchall()
+
+        queues, rows = await self.store.read(read)
         self.known_queues = {name for name, _ in queues}
+        resumed = self.paused - {name for name, paused in queues if paused}
         self.paused = {name for name, paused in queues if paused}
-        for name, *values in await self.store.read(
-            lambda conn: conn.execute(queries.QUEUE_LIMITS).fetchall()
-        ):
-            self._set_limits(name, limits.QueueLimits(*values))
+        for name, *values in rows:
+            new = limits.QueueLimits(*values)
+            if self.limits.get(name) != new:
+                self._set_limits(name, new)
+                resumed.add(name)
+        for name in resumed:
+            self.waiters.notify_all(name)
+
+    def _remote_done(self, task_ids: Sequence[int]) -> None:
+        """Another broker committed the end of these tasks: wake their ``wait`` requests."""
+        waiters = self.task_waiters
+        for task_id in task_ids:
+            for event in waiters.get(task_id, ()):
+                event.set()
+
+    def _remote_queue_changed(self, queue: str) -> None:
+        """Another broker changed a queue's settings: re-read them at once (the sweeper)."""
+        self.queues_stale = True
+        self._schedule_wakeup(self.now())
+
+    def _remote_ready(self, queue: str, count: int) -> None:
+        self.notify_ready(Counter({queue: count}))
 
     async def close(self) -> None:
         await self.store.close()
@@ -339,11 +377,11 @@ class Broker:
         now = self.now()
 
         def gone(conn: sqlite3.Connection, batch: Batch) -> Counter[str]:
-            conn.execute(queries.WORKER_GONE, (worker_id,))
+            conn.execute(self.sql.WORKER_GONE, (worker_id,))
             if not release:
                 return Counter()
             rows = conn.execute(
-                queries.RELEASE_WORKER_LEASES, {"now": now, "worker_id": worker_id}
+                self.sql.RELEASE_WORKER_LEASES, {"now": now, "worker_id": worker_id}
             ).fetchall()
             for queue, state, task_id in rows:
                 batch.moved(queue, TaskState.LEASED, state)
@@ -400,7 +438,7 @@ class Broker:
         """Insert one task, or find its live twin by unique_key: (id, created, state).
         ``earlier``: the ids of the tasks inserted before it by the same enqueue_many."""
         if task.unique_key is not None:
-            row = conn.execute(queries.FIND_LIVE_UNIQUE, (task.queue, task.unique_key)).fetchone()
+            row = conn.execute(self.sql.FIND_LIVE_UNIQUE, (task.queue, task.unique_key)).fetchone()
             if row is not None:
                 return row[0], False, ""
         parents = self._parent_states(conn, task, earlier) if task.after else []
@@ -412,7 +450,7 @@ class Broker:
             base = batch.memo.get(key)
             if base is None:
                 base = batch.memo[key] = conn.execute(
-                    queries.QUEUE_DEPTH, (task.queue,)
+                    self.sql.QUEUE_DEPTH, (task.queue,)
                 ).fetchone()[0]
             depth = (
                 base
@@ -428,7 +466,7 @@ class Broker:
                     retry_after=1.0,
                 )
         cursor = conn.execute(
-            queries.INSERT_TASK,
+            self.sql.INSERT_TASK,
             (
                 task.queue,
                 task.state,
@@ -444,20 +482,21 @@ class Broker:
             ),
         )
         if task.queue not in self.known_queues:  # noted as known once committed
-            conn.execute(queries.INSERT_QUEUE, (task.queue,))
-        assert cursor.lastrowid is not None
+            conn.execute(self.sql.INSERT_QUEUE, (task.queue,))
         task_id = cursor.lastrowid
+        if task_id is None:  # PostgreSQL: another broker's twin took the unique key meanwhile
+            row = conn.execute(self.sql.FIND_LIVE_UNIQUE, (task.queue, task.unique_key)).fetchone()
+            return row[0], False, ""
         if task.result_ttl is not None or task.on_parent_failure != schema.ParentFailure.CANCEL:
             conn.execute(
-                queries.SET_TASK_OPTIONS, (task.result_ttl, task.on_parent_failure, task_id)
+                self.sql.SET_TASK_OPTIONS, (task.result_ttl, task.on_parent_failure, task_id)
             )
         state = self._hold_for_parents(conn, batch, task, task_id, parents, now)
         batch.moved(task.queue, None, state)
         return task_id, True, state
 
-    @staticmethod
     def _parent_states(
-        conn: sqlite3.Connection, task: NewTask, earlier: Sequence[int]
+        self, conn: sqlite3.Connection, task: NewTask, earlier: Sequence[int]
     ) -> list[tuple[int, str]]:
         """(id, state) of each parent; raises before anything is written."""
         parents: dict[int, str] = {}
@@ -471,14 +510,14 @@ class Broker:
                 parent_id = earlier[ref.index]
             else:
                 parent_id = ref
-            row = conn.execute(queries.PARENT_STATE, (parent_id,)).fetchone()
+            row = conn.execute(self.sql.PARENT_STATE, (parent_id,)).fetchone()
             if row is None:
                 raise errors.NotFound(f"parent task {parent_id} does not exist", task_id=parent_id)
             parents[parent_id] = row[0]
         return list(parents.items())
 
-    @staticmethod
     def _hold_for_parents(
+        self,
         conn: sqlite3.Connection,
         batch: Batch,
         task: NewTask,
@@ -497,16 +536,16 @@ class Broker:
                 if task.on_parent_failure != schema.ParentFailure.RUN and failed is None:
                     failed = (parent_id, state)
                 continue
-            conn.execute(queries.INSERT_DEP, (task_id, parent_id))
+            conn.execute(self.sql.INSERT_DEP, (task_id, parent_id))
             waiting_on += 1
         if failed is not None:
             error = f"parent task {failed[0]} ended {failed[1]}"
-            conn.execute(queries.FORGET_DEPS_OF_CHILD, (task_id,))
-            conn.execute(queries.CANCEL_AT_BIRTH, (error, now, task_id))
+            conn.execute(self.sql.FORGET_DEPS_OF_CHILD, (task_id,))
+            conn.execute(self.sql.CANCEL_AT_BIRTH, (error, now, task_id))
             batch.finished(task_id, TaskState.CANCELLED)
             return TaskState.CANCELLED
         if waiting_on:
-            conn.execute(queries.HOLD_CHILD, (waiting_on, task_id))
+            conn.execute(self.sql.HOLD_CHILD, (waiting_on, task_id))
             return TaskState.WAITING
         return task.state
 
@@ -694,7 +733,7 @@ class Broker:
     ) -> list[Result]:
         """Lease the best ``limit`` ready tasks across ``queues`` (one UPDATE)."""
         if worker_id is not None:
-            row = conn.execute(queries.WORKER_FOR_CLAIM, (worker_id,)).fetchone()
+            row = conn.execute(self.sql.WORKER_FOR_CLAIM, (worker_id,)).fetchone()
             if row is not None:
                 state, capacity, leased = row
                 if state != WorkerCommand.RUNNING:
@@ -708,7 +747,7 @@ class Broker:
             rows = self._lease_limited(conn, batch, queues, limit, params)
         elif len(queues) == 1:
             params.update(queue=queues[0], limit=limit)
-            rows = conn.execute(queries.LEASE_BEST_OF_QUEUE, params).fetchall()
+            rows = conn.execute(self.sql.LEASE_BEST_OF_QUEUE, params).fetchall()
         else:
             # Only queues with ready tasks (committed, or made ready earlier in this batch)
             # are read: a claim over 1,000 mostly empty queues costs what its few non-empty
@@ -717,13 +756,13 @@ class Broker:
             candidates = [
                 tuple(row)
                 for queue in ready.intersection(queues)
-                for row in conn.execute(queries.READY_IN_QUEUE, (queue, limit))
+                for row in conn.execute(self.sql.READY_IN_QUEUE, (queue, limit))
             ]
             candidates.sort(key=lambda c: (-c[1], c[0]))
             if not candidates:
                 return []
             params["ids"] = json.dumps([c[0] for c in candidates[:limit]])
-            rows = conn.execute(queries.LEASE_IDS, params).fetchall()
+            rows = conn.execute(self.sql.LEASE_IDS, params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[0]))
         for row in rows:
             batch.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
@@ -747,7 +786,7 @@ class Broker:
     ) -> tuple[int, int, str, bool]:
         """(attempts, max_attempts, queue, cancel_requested) if ``token`` holds the task's
         lease now."""
-        row = conn.execute(queries.LEASE_OF, (task_id,)).fetchone()
+        row = conn.execute(self.sql.LEASE_OF, (task_id,)).fetchone()
         if row is None:
             raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
         state, current_token, expires_at, attempts, max_attempts, queue, cancel = row
@@ -773,7 +812,9 @@ class Broker:
         if lease is None:
             lease = self._current_lease(conn, task_id, token, now)
         queue = lease[2]
-        conn.execute(queries.CANCEL_LEASED, (error or "cancelled while running", now, now, task_id))
+        conn.execute(
+            self.sql.CANCEL_LEASED, (error or "cancelled while running", now, now, task_id)
+        )
         batch.moved(queue, TaskState.LEASED, TaskState.CANCELLED)
         batch.finished(task_id, TaskState.CANCELLED)
         return TaskState.CANCELLED, None, queue
@@ -781,7 +822,7 @@ class Broker:
     def _lease_lost_or_missing(
         self, conn: sqlite3.Connection, task_id: int
     ) -> errors.DurableTQError:
-        if conn.execute(queries.TASK_EXISTS, (task_id,)).fetchone() is None:
+        if conn.execute(self.sql.TASK_EXISTS, (task_id,)).fetchone() is None:
             return errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
         return errors.LeaseLost(f"task {task_id}: this lease is no longer held", task_id=task_id)
 
@@ -789,7 +830,7 @@ class Broker:
         self, conn: sqlite3.Connection, batch: Batch, task_id: int, token: str, result: str | None
     ) -> Returned:
         now = self.now()
-        row = conn.execute(queries.ACK, (result, now, now, task_id, token, now)).fetchone()
+        row = conn.execute(self.sql.ACK, (result, now, now, task_id, token, now)).fetchone()
         if row is None:
             raise self._lease_lost_or_missing(conn, task_id)
         batch.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
@@ -815,10 +856,10 @@ class Broker:
             if delay is None:
                 delay = backoff_delay(attempts, self.settings)
             state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
-            conn.execute(queries.RETRY, (state, now + delay, error, now, task_id))
+            conn.execute(self.sql.RETRY, (state, now + delay, error, now, task_id))
             batch.moved(queue, TaskState.LEASED, state)
             return state, now + delay, queue
-        conn.execute(queries.BURY, (error, now, now, task_id))
+        conn.execute(self.sql.BURY, (error, now, now, task_id))
         batch.moved(queue, TaskState.LEASED, TaskState.DEAD)
         batch.finished(task_id, TaskState.DEAD)
         return TaskState.DEAD, None, queue
@@ -833,7 +874,7 @@ class Broker:
             return self._cancel_row(conn, batch, task_id, token, "cancelled (released)", lease)
         delay = delay or 0.0
         state = TaskState.SCHEDULED if delay > 0 else TaskState.QUEUED
-        conn.execute(queries.RELEASE, (state, now + delay, now, task_id))
+        conn.execute(self.sql.RELEASE, (state, now + delay, now, task_id))
         batch.moved(queue, TaskState.LEASED, state)
         return state, now + delay, queue
 
@@ -939,7 +980,7 @@ class Broker:
                     {"task_id": task_id, "ok": True, "state": returned[0], "run_at": returned[1]}
                 )
             if worker_id is not None:
-                row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
+                row = conn.execute(self.sql.HEARTBEAT, (self.now(), worker_id)).fetchone()
                 settled.worker_state = None if row is None else row[0]
                 settled.cancel = self._cancels_for(conn, worker_id)
             if plan is not None:
@@ -1003,7 +1044,7 @@ class Broker:
             now = self.now()
             expires_at = now + seconds
             row = conn.execute(
-                queries.EXTEND, (expires_at, now, task_id, lease_token, now)
+                self.sql.EXTEND, (expires_at, now, task_id, lease_token, now)
             ).fetchone()
             if row is None:
                 raise self._lease_lost_or_missing(conn, task_id)
@@ -1026,7 +1067,7 @@ class Broker:
         def record(conn: sqlite3.Connection, batch: Batch) -> Result:
             now = self.now()
             row = conn.execute(
-                queries.PROGRESS, (fraction, message, now, task_id, lease_token, now)
+                self.sql.PROGRESS, (fraction, message, now, task_id, lease_token, now)
             ).fetchone()
             if row is None:
                 raise self._lease_lost_or_missing(conn, task_id)
@@ -1034,9 +1075,8 @@ class Broker:
 
         return await self.store.write(record, atomic=True, durable=False)
 
-    @staticmethod
-    def _cancels_for(conn: sqlite3.Connection, worker_id: str) -> list[int]:
-        return [task_id for (task_id,) in conn.execute(queries.CANCELS_FOR_WORKER, (worker_id,))]
+    def _cancels_for(self, conn: sqlite3.Connection, worker_id: str) -> list[int]:
+        return [task_id for (task_id,) in conn.execute(self.sql.CANCELS_FOR_WORKER, (worker_id,))]
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -1051,7 +1091,7 @@ class Broker:
             "now": now,
         }
         await self.store.write(
-            lambda conn, batch: conn.execute(queries.REGISTER_WORKER, params),
+            lambda conn, batch: conn.execute(self.sql.REGISTER_WORKER, params),
             atomic=True,
             durable=False,
         )
@@ -1068,7 +1108,7 @@ class Broker:
             raise errors.Conflict("heartbeat needs a worker registered in hello")
 
         def beat(conn: sqlite3.Connection, batch: Batch) -> Result:
-            row = conn.execute(queries.HEARTBEAT, (self.now(), worker_id)).fetchone()
+            row = conn.execute(self.sql.HEARTBEAT, (self.now(), worker_id)).fetchone()
             if row is None:
                 raise errors.NotFound(f"worker {worker_id} is not registered")
             reply: Result = {"state": str(row[0])}
@@ -1083,7 +1123,7 @@ class Broker:
         self, worker_id: str, state: str, *, session: Session | None = None
     ) -> Result:
         def set_state(conn: sqlite3.Connection, batch: Batch) -> None:
-            cursor = conn.execute(queries.SET_WORKER_STATE, (state, worker_id))
+            cursor = conn.execute(self.sql.SET_WORKER_STATE, (state, worker_id))
             if cursor.rowcount == 0:
                 raise errors.NotFound(f"worker {worker_id} does not exist")
 
@@ -1094,7 +1134,7 @@ class Broker:
         alive_after = self.now() - self.settings.worker_timeout
 
         def read(conn: sqlite3.Connection) -> list[Result]:
-            leased = dict(conn.execute(queries.LEASES_BY_WORKER).fetchall())
+            leased = dict(conn.execute(self.sql.LEASES_BY_WORKER).fetchall())
             return [
                 {
                     "id": row[0],
@@ -1109,7 +1149,7 @@ class Broker:
                     "registered_at": row[7],
                     "prefetch": row[8],
                 }
-                for row in conn.execute(queries.LIST_WORKERS)
+                for row in conn.execute(self.sql.LIST_WORKERS)
             ]
 
         return {"workers": await self.store.read(read)}
@@ -1118,7 +1158,7 @@ class Broker:
 
     async def get(self, task_id: int, *, session: Session | None = None) -> Result:
         row = await self.store.read(
-            lambda conn: conn.execute(queries.GET_TASK, (task_id,)).fetchone()
+            lambda conn: conn.execute(self.sql.GET_TASK, (task_id,)).fetchone()
         )
         if row is None:
             raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
@@ -1134,12 +1174,12 @@ class Broker:
         session: Session | None = None,
     ) -> Result:
         return await self.store.read(
-            lambda conn: read_task_page(conn, queue, state, limit, after_id)
+            lambda conn: read_task_page(conn, queue, state, limit, after_id, self.sql)
         )
 
     async def stats(self, *, session: Session | None = None) -> Result:
         timeout = self.settings.worker_timeout
-        result = await self.store.read(lambda conn: read_stats(conn, self.now(), timeout))
+        result = await self.store.read(lambda conn: read_stats(conn, self.now(), timeout, self.sql))
         for name, queue_limits in self.limits.items():  # additive: each limited queue's limits
             if name in result["queues"]:
                 result["queues"][name]["limits"] = queue_limits.to_wire()
@@ -1207,32 +1247,32 @@ class Broker:
             parent_id, state = work[i]
             i += 1
             if state == DELETED:
-                conn.execute(queries.FORGET_DEPS_OF_CHILD, (parent_id,))
+                conn.execute(self.sql.FORGET_DEPS_OF_CHILD, (parent_id,))
             else:
                 expiring.append(parent_id)
             for child, queue, on_failure in conn.execute(
-                queries.CHILDREN_OF, (parent_id,)
+                self.sql.CHILDREN_OF, (parent_id,)
             ).fetchall():
                 if state == TaskState.SUCCEEDED or on_failure == schema.ParentFailure.RUN:
-                    left = conn.execute(queries.PARENT_DONE, (child,)).fetchone()
+                    left = conn.execute(self.sql.PARENT_DONE, (child,)).fetchone()
                     if left is None or left[0] > 0:
                         continue
-                    row = conn.execute(queries.RELEASE_CHILD, {"now": now, "id": child}).fetchone()
+                    row = conn.execute(self.sql.RELEASE_CHILD, {"now": now, "id": child}).fetchone()
                     batch.moved(queue, TaskState.WAITING, row[0])
                     released.append((queue, row[0], row[1]))
                 else:
                     why = "was deleted" if state == DELETED else f"ended {state}"
                     conn.execute(
-                        queries.CANCEL_CHILD,
+                        self.sql.CANCEL_CHILD,
                         {"error": f"parent task {parent_id} {why}", "now": now, "id": child},
                     )
                     batch.moved(queue, TaskState.WAITING, TaskState.CANCELLED)
                     batch.finished(child, TaskState.CANCELLED)
                     work.append((child, TaskState.CANCELLED))
-                conn.execute(queries.FORGET_DEPS_OF_CHILD, (child,))
+                conn.execute(self.sql.FORGET_DEPS_OF_CHILD, (child,))
         if expiring:
             retention = self.settings.retention if self.settings.retention > 0 else None
-            conn.execute(queries.SET_EXPIRY, {"ids": json.dumps(expiring), "retention": retention})
+            conn.execute(self.sql.SET_EXPIRY, {"ids": json.dumps(expiring), "retention": retention})
 
     def _after_finish(self, batch: Batch) -> None:
         """After the COMMIT that finished tasks: wake their waits, and claims for the
@@ -1263,10 +1303,10 @@ class Broker:
 
         def write(conn: sqlite3.Connection, batch: Batch) -> Result:
             if result_ttl is not msgspec.UNSET:
-                conn.execute(queries.SET_QUEUE_RESULT_TTL, (queue, result_ttl))
+                conn.execute(self.sql.SET_QUEUE_RESULT_TTL, (queue, result_ttl))
             else:
-                conn.execute(queries.INSERT_QUEUE, (queue,))
-            row = conn.execute(queries.QUEUE_SETTINGS, (queue,)).fetchone()
+                conn.execute(self.sql.INSERT_QUEUE, (queue,))
+            row = conn.execute(self.sql.QUEUE_SETTINGS, (queue,)).fetchone()
             return {"queue": queue, "result_ttl": row[0]}
 
         settings = await self.store.write(write)
@@ -1280,7 +1320,7 @@ class Broker:
         worker is told to stop it: the reply is then ``cancelling``."""
 
         def cancel(conn: sqlite3.Connection, batch: Batch) -> str:
-            row = conn.execute(queries.TASK_STATE, (task_id,)).fetchone()
+            row = conn.execute(self.sql.TASK_STATE, (task_id,)).fetchone()
             if row is None:
                 raise errors.NotFound(f"task {task_id} does not exist", task_id=task_id)
             state = row[0]
@@ -1290,12 +1330,12 @@ class Broker:
                     f"task {task_id} is {state} and cannot be cancelled", state=state
                 )
             if state == TaskState.LEASED:
-                conn.execute(queries.REQUEST_CANCEL, (now, task_id))
+                conn.execute(self.sql.REQUEST_CANCEL, (now, task_id))
                 return "cancelling"
             if state != TaskState.CANCELLED:
-                conn.execute(queries.CANCEL, (now, now, task_id))
+                conn.execute(self.sql.CANCEL, (now, now, task_id))
                 if state == TaskState.WAITING:
-                    conn.execute(queries.FORGET_DEPS_OF_CHILD, (task_id,))
+                    conn.execute(self.sql.FORGET_DEPS_OF_CHILD, (task_id,))
                 batch.moved(row[1], state, TaskState.CANCELLED)
                 batch.finished(task_id, TaskState.CANCELLED)
             return TaskState.CANCELLED.value
@@ -1314,7 +1354,7 @@ class Broker:
         now = self.now()
         steps: list[tuple[str, dict[str, object]]]
         if task_ids is not None:
-            sql = queries.REQUEUE_IDS
+            sql = self.sql.REQUEUE_IDS
             # One statement per old state: queue_counts needs to know what each row was.
             ids = json.dumps(list(task_ids))
             steps = [
@@ -1324,17 +1364,17 @@ class Broker:
         else:
             if queue is None or state is None:
                 raise errors.BadRequest("give task_ids, or queue and state")
-            sql = queries.REQUEUE_QUEUE
+            sql = self.sql.REQUEUE_QUEUE
             steps = [(state, {"now": now, "queue": queue, "state": state})]
 
         def skip_reason(conn: sqlite3.Connection, task_id: int) -> str:
-            row = conn.execute(queries.REQUEUE_SKIPPED_TASK, (task_id,)).fetchone()
+            row = conn.execute(self.sql.REQUEUE_SKIPPED_TASK, (task_id,)).fetchone()
             if row is None:
                 return "no such task"
             queue, state, unique_key = row
             if state not in (TaskState.DEAD, TaskState.CANCELLED):
                 return f"task is {state}; only dead or cancelled tasks move"
-            holder = conn.execute(queries.FIND_LIVE_UNIQUE, (queue, unique_key)).fetchone()
+            holder = conn.execute(self.sql.FIND_LIVE_UNIQUE, (queue, unique_key)).fetchone()
             if holder is not None:
                 return f"unique_key '{unique_key}' is held by live task {holder[0]}"
             return "not requeued"
@@ -1351,7 +1391,7 @@ class Broker:
             if task_ids is not None:
                 left = list(dict.fromkeys(i for i in task_ids if i not in moved))
             else:
-                rows = conn.execute(queries.REQUEUE_LEFT_IN_QUEUE, (queue, state))
+                rows = conn.execute(self.sql.REQUEUE_LEFT_IN_QUEUE, (queue, state))
                 left = [task_id for (task_id,) in rows]
             skipped = [{"task_id": i, "reason": skip_reason(conn, i)} for i in left]
             return ready, skipped
@@ -1371,7 +1411,7 @@ class Broker:
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
         await self.store.write(
-            lambda conn, batch: conn.execute(queries.SET_PAUSED, (queue, int(paused))),
+            queue_change(self.sql.SET_PAUSED, (queue, int(paused)), queue),
             atomic=True,
         )
         if paused:
@@ -1383,11 +1423,11 @@ class Broker:
     async def purge(
         self, queue: str, state: str | None = None, *, session: Session | None = None
     ) -> Result:
-        sql, params = queries.PURGE_QUEUE, [queue]
+        sql, params = self.sql.PURGE_QUEUE, [queue]
         if state is not None:
             if state == TaskState.LEASED:
                 raise errors.BadRequest("state: purge never touches leased tasks")
-            sql, params = queries.PURGE_QUEUE_STATE, [queue, str(state)]
+            sql, params = self.sql.PURGE_QUEUE_STATE, [queue, str(state)]
 
         def purge(conn: sqlite3.Connection, batch: Batch) -> int:
             states: Counter[str] = Counter()
@@ -1470,11 +1510,13 @@ class Broker:
     ) -> Any:
         """Lease across ``queues`` when some have limits: the best tasks each queue lets out."""
         now = time.monotonic()
-        ids = limits.pick_across(conn, batch, queues, limit, self.limits, self.buckets, now)
+        ids = limits.pick_across(
+            conn, batch, queues, limit, self.limits, self.buckets, now, self.sql
+        )
         if not ids:
             return []
         params["ids"] = json.dumps(ids)
-        rows = conn.execute(queries.LEASE_IDS, params).fetchall()
+        rows = conn.execute(self.sql.LEASE_IDS, params).fetchall()
         limits.take_tokens(self.buckets, [r[1] for r in rows], now)
         return rows
 
@@ -1492,9 +1534,7 @@ class Broker:
             rate=rate, burst=burst, max_leased=max_leased, key_concurrency=key_concurrency
         )
         params = {"queue": queue, **new.to_wire()}
-        await self.store.write(
-            lambda conn, batch: conn.execute(queries.SET_QUEUE_LIMITS, params), atomic=True
-        )
+        await self.store.write(queue_change(self.sql.SET_QUEUE_LIMITS, params, queue), atomic=True)
         self.known_queues.add(queue)
         self._set_limits(queue, new)
         self.waiters.notify_all(queue)  # looser limits take effect at once
@@ -1503,8 +1543,8 @@ class Broker:
 
     async def queue_info(self, queue: str, *, session: Session | None = None) -> Result:
         def read(conn: sqlite3.Connection) -> tuple[Any, Any]:
-            row = conn.execute(queries.QUEUE_LIMITS + " WHERE name = ?", (queue,)).fetchone()
-            return row, conn.execute(queries.QUEUE_COUNTS_OF, (queue,)).fetchall()
+            row = conn.execute(self.sql.QUEUE_LIMITS_OF, (queue,)).fetchone()
+            return row, conn.execute(self.sql.QUEUE_COUNTS_OF, (queue,)).fetchall()
 
         row, counts = await self.store.read(read)
         if row is None and not counts:
@@ -1530,6 +1570,17 @@ class Broker:
             self.counters["failed"] += 1
             if state == TaskState.DEAD:
                 self.counters["dead"] += 1
+
+
+def queue_change(sql: str, params: Any, queue: str) -> Any:
+    """A write of a queue's settings; the store tells other brokers of it after the commit
+    (``memo["queue_changed"]``; only a shared store reads it)."""
+
+    def write(conn: sqlite3.Connection, batch: Batch) -> None:
+        conn.execute(sql, params)
+        batch.memo.setdefault("queue_changed", set()).add(queue)
+
+    return write
 
 
 #: ``Batch.finished`` state of a task whose row was deleted (purge, expiry).

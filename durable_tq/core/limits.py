@@ -88,9 +88,9 @@ class TokenBucket:
         return 0.0 if missing <= 1e-9 else missing / self.rate
 
 
-def leased_count(conn: sqlite3.Connection, batch: Batch, queue: str) -> int:
+def leased_count(conn: sqlite3.Connection, batch: Batch, queue: str, sql: Any = queries) -> int:
     """Leased tasks of ``queue`` now, this transaction's changes included."""
-    row = conn.execute(queries.QUEUE_STATE_COUNT, (queue, TaskState.LEASED)).fetchone()
+    row = conn.execute(sql.QUEUE_STATE_COUNT, (queue, TaskState.LEASED)).fetchone()
     return (row[0] if row else 0) + batch.net(queue, TaskState.LEASED)
 
 
@@ -100,25 +100,28 @@ def pick_ready(
     queue: str,
     limits: QueueLimits,
     want: int,
+    sql: Any = queries,
 ) -> list[tuple[int, int]]:
     """(id, priority) of the best ready tasks of ``queue`` that its limits let out now, at
     most ``want`` (the caller has already capped ``want`` by the rate's tokens)."""
+    if sql.LOCK_LIMITED_QUEUE is not None and (limits.max_leased or limits.key_concurrency):
+        conn.execute(sql.LOCK_LIMITED_QUEUE, (queue,))
     if limits.max_leased is not None:
-        want = min(want, limits.max_leased - leased_count(conn, batch, queue))
+        want = min(want, limits.max_leased - leased_count(conn, batch, queue, sql))
     if want <= 0:
         return []
     if limits.key_concurrency is None:
-        return [(r[0], r[1]) for r in conn.execute(queries.READY_IN_QUEUE, (queue, want))]
+        return [(r[0], r[1]) for r in conn.execute(sql.READY_IN_QUEUE, (queue, want))]
     cap = limits.key_concurrency
-    leased = dict(conn.execute(queries.LEASED_BY_KEY, (queue,)).fetchall())
+    leased = dict(conn.execute(sql.LEASED_BY_KEY, (queue,)).fetchall())
     candidates: list[tuple[int, int]] = [
-        (r[0], r[1]) for r in conn.execute(queries.READY_UNKEYED, (queue, want))
+        (r[0], r[1]) for r in conn.execute(sql.READY_UNKEYED, (queue, want))
     ]
-    for (key,) in conn.execute(queries.READY_KEYS, {"queue": queue}).fetchall():
+    for (key,) in conn.execute(sql.READY_KEYS, {"queue": queue}).fetchall():
         room = min(want, cap - leased.get(key, 0))
         if room > 0:
             candidates.extend(
-                (r[0], r[1]) for r in conn.execute(queries.READY_OF_KEY, (queue, key, room))
+                (r[0], r[1]) for r in conn.execute(sql.READY_OF_KEY, (queue, key, room))
             )
     candidates.sort(key=lambda c: (-c[1], c[0]))
     return candidates[:want]
@@ -132,6 +135,7 @@ def pick_across(
     limits: Mapping[str, QueueLimits],
     buckets: Mapping[str, TokenBucket],
     now: float,
+    sql: Any = queries,
 ) -> list[int]:
     """Ids of the best ``want`` ready tasks across ``queues``, each queue within its limits
     (a rate-limited queue gives at most the tokens its bucket has at ``now``)."""
@@ -139,14 +143,14 @@ def pick_across(
     for queue in queues:
         queue_limits = limits.get(queue)
         if queue_limits is None or not queue_limits.limited:
-            rows = conn.execute(queries.READY_IN_QUEUE, (queue, want))
+            rows = conn.execute(sql.READY_IN_QUEUE, (queue, want))
             candidates.extend((r[0], r[1]) for r in rows)
             continue
         room = want
         bucket = buckets.get(queue)
         if bucket is not None:
             room = min(room, bucket.available(now))
-        candidates.extend(pick_ready(conn, batch, queue, queue_limits, room))
+        candidates.extend(pick_ready(conn, batch, queue, queue_limits, room, sql))
     candidates.sort(key=lambda c: (-c[1], c[0]))
     return [task_id for task_id, _ in candidates[:want]]
 

@@ -82,10 +82,14 @@ def slot_key(name: str, slot: float) -> str:
 
 
 def upsert(
-    conn: sqlite3.Connection, spec: ScheduleSpec, timing: schedules.Timing, now: float
+    conn: sqlite3.Connection,
+    spec: ScheduleSpec,
+    timing: schedules.Timing,
+    now: float,
+    sql: Any = queries,
 ) -> tuple[Result, str]:
     """Create or update a schedule: (the schedule, "created" | "updated" | "unchanged")."""
-    row = conn.execute(queries.GET_SCHEDULE, (spec.name,)).fetchone()
+    row = conn.execute(sql.GET_SCHEDULE, (spec.name,)).fetchone()
     if row is not None and _spec_of_row(row) == spec:
         return schedule_from_row(row), "unchanged"
     params = {
@@ -101,8 +105,8 @@ def upsert(
         "next_run_at": timing.next_after(now),
         "now": now,
     }
-    conn.execute(queries.UPSERT_SCHEDULE, params)
-    stored = conn.execute(queries.GET_SCHEDULE, (spec.name,)).fetchone()
+    conn.execute(sql.UPSERT_SCHEDULE, params)
+    stored = conn.execute(sql.GET_SCHEDULE, (spec.name,)).fetchone()
     return schedule_from_row(stored), "created" if row is None else "updated"
 
 
@@ -122,7 +126,7 @@ def fire_due(broker: Broker, conn: sqlite3.Connection, batch: Batch, now: float)
     from durable_tq.core.broker import NewTask  # the broker imports this module
 
     outcome = Fired()
-    rows = conn.execute(queries.DUE_SCHEDULES, (now, FIRE_BATCH)).fetchall()
+    rows = conn.execute(broker.sql.DUE_SCHEDULES, (now, FIRE_BATCH)).fetchall()
     for row in rows:
         spec, due_at = _spec_of_row(row), row[10]
         timing = schedules.Timing(cron=spec.cron, tz=spec.tz, every=spec.every, anchor=row[5])
@@ -154,12 +158,12 @@ def fire_due(broker: Broker, conn: sqlite3.Connection, batch: Batch, now: float)
         if slot is None:
             outcome.skipped += 1
         conn.execute(
-            queries.ADVANCE_SCHEDULE,
+            broker.sql.ADVANCE_SCHEDULE,
             {"next_run_at": firing.next, "slot": slot, "now": now, "name": spec.name,
              "due_at": due_at},
         )  # fmt: skip
     outcome.more = len(rows) >= FIRE_BATCH
-    next_due = conn.execute(queries.NEXT_SCHEDULE).fetchone()[0]
+    next_due = conn.execute(broker.sql.NEXT_SCHEDULE).fetchone()[0]
     outcome.next_due = math.inf if next_due is None else next_due
     return outcome
 
@@ -182,7 +186,7 @@ async def schedule_upsert(broker: Broker, spec: ScheduleSpec) -> Result:
     timing = spec.timing()  # checks cron, tz and every before anything is written
     now = broker.now()
     schedule, change = await broker.store.write(
-        lambda conn, batch: upsert(conn, spec, timing, now), atomic=True
+        lambda conn, batch: upsert(conn, spec, timing, now, broker.sql), atomic=True
     )
     if change != "unchanged":
         log.info("schedule %s %s; next run at %.3f", spec.name, change, schedule["next_run_at"])
@@ -191,13 +195,13 @@ async def schedule_upsert(broker: Broker, spec: ScheduleSpec) -> Result:
 
 
 async def schedule_list(broker: Broker) -> Result:
-    rows = await broker.store.read(lambda conn: conn.execute(queries.LIST_SCHEDULES).fetchall())
+    rows = await broker.store.read(lambda conn: conn.execute(broker.sql.LIST_SCHEDULES).fetchall())
     return {"schedules": [schedule_from_row(r) for r in rows]}
 
 
 async def schedule_remove(broker: Broker, name: str) -> Result:
     def remove(conn: sqlite3.Connection, batch: Batch) -> None:
-        if conn.execute(queries.DELETE_SCHEDULE, (name,)).rowcount == 0:
+        if conn.execute(broker.sql.DELETE_SCHEDULE, (name,)).rowcount == 0:
             raise errors.NotFound(f"schedule {name!r} does not exist")
 
     await broker.store.write(remove, atomic=True)
@@ -209,7 +213,7 @@ async def schedule_set_paused(broker: Broker, name: str, paused: bool) -> Result
     now = broker.now()
 
     def set_paused(conn: sqlite3.Connection, batch: Batch) -> Result:
-        row = conn.execute(queries.GET_SCHEDULE, (name,)).fetchone()
+        row = conn.execute(broker.sql.GET_SCHEDULE, (name,)).fetchone()
         if row is None:
             raise errors.NotFound(f"schedule {name!r} does not exist")
         next_run_at = None
@@ -218,10 +222,10 @@ async def schedule_set_paused(broker: Broker, name: str, paused: bool) -> Result
             timing = schedules.Timing(cron=spec.cron, tz=spec.tz, every=spec.every, anchor=row[5])
             next_run_at = timing.next_after(now)
         conn.execute(
-            queries.SET_SCHEDULE_PAUSED,
+            broker.sql.SET_SCHEDULE_PAUSED,
             {"paused": int(paused), "next_run_at": next_run_at, "now": now, "name": name},
         )
-        return schedule_from_row(conn.execute(queries.GET_SCHEDULE, (name,)).fetchone())
+        return schedule_from_row(conn.execute(broker.sql.GET_SCHEDULE, (name,)).fetchone())
 
     schedule = await broker.store.write(set_paused, atomic=True)
     if not paused:

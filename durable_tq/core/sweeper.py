@@ -1,4 +1,8 @@
-"""Periodic sweeps: expired leases, due scheduled tasks, silent workers, retention."""
+"""Periodic sweeps: expired leases, due scheduled tasks, silent workers, retention.
+
+On a store shared by several brokers (PostgreSQL) one broker at a time sweeps: the one whose
+``store.lead()`` holds the sweep lock; the others only re-read the queues' settings.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -37,12 +42,12 @@ class SweepResult:
 
 
 def sweep_once(
-    conn: sqlite3.Connection, batch: Batch, settings: Settings, now: float
+    conn: sqlite3.Connection, batch: Batch, settings: Settings, now: float, sql: Any = queries
 ) -> SweepResult:
     """On the DB thread, in the writer's transaction: every sweep, one statement each."""
     result = SweepResult()
     rows = conn.execute(
-        queries.SWEEP_EXPIRED_LEASES,
+        sql.SWEEP_EXPIRED_LEASES,
         {"now": now, "worker_deadline": now - settings.worker_timeout},
     ).fetchall()
     moved = batch.moved
@@ -54,24 +59,26 @@ def sweep_once(
         else:  # dead, or cancelled (its cancel had been requested)
             result.dead += 1
             batch.finished(task_id, state)
-    for (queue,) in conn.execute(queries.SWEEP_DUE, {"now": now}):
+    for (queue,) in conn.execute(sql.SWEEP_DUE, {"now": now}):
         moved(queue, TaskState.SCHEDULED, TaskState.QUEUED)
         result.ready[queue] += 1
         result.due += 1
     deleted = conn.execute(
-        queries.SWEEP_EXPIRED_RESULTS, {"now": now, "limit": RETENTION_BATCH}
+        sql.SWEEP_EXPIRED_RESULTS, {"now": now, "limit": RETENTION_BATCH}
     ).fetchall()
     if settings.retention > 0:
         deleted += conn.execute(
-            queries.SWEEP_RETENTION, {"cutoff": now - settings.retention, "limit": RETENTION_BATCH}
+            sql.SWEEP_RETENTION, {"cutoff": now - settings.retention, "limit": RETENTION_BATCH}
         ).fetchall()
-        conn.execute(queries.SWEEP_FORGOTTEN_WORKERS, {"cutoff": now - FORGET_WORKERS_AFTER})
+        conn.execute(sql.SWEEP_FORGOTTEN_WORKERS, {"cutoff": now - FORGET_WORKERS_AFTER})
     for queue, state, task_id in deleted:
         moved(queue, state, None)
         batch.finished(task_id, DELETED)
     result.deleted = len(deleted)
-    next_due = conn.execute(queries.NEXT_DUE).fetchone()[0]
-    next_expiry = conn.execute(queries.NEXT_EXPIRY).fetchone()[0]
+    if sql.FOLD_COUNTS is not None:
+        conn.execute(sql.FOLD_COUNTS)
+    next_due = conn.execute(sql.NEXT_DUE).fetchone()[0]
+    next_expiry = conn.execute(sql.NEXT_EXPIRY).fetchone()[0]
     result.next_due = min(
         math.inf if next_due is None else next_due,
         math.inf if next_expiry is None else next_expiry,
@@ -88,12 +95,19 @@ class Sweeper:
 
     async def sweep(self) -> SweepResult:
         broker = self.broker
+        if broker.shared or broker.queues_stale:
+            await broker.reload_queues()
+        if not await broker.store.lead():
+            # Another broker on the database sweeps (and watches what falls due): sleep a
+            # whole interval, then ask for the lock again.
+            broker.next_due = math.inf
+            return SweepResult()
         now = broker.now()
         # Anything timed that is written from here on must wake us again.
         broker.next_due = math.inf
         settings = broker.settings
         result = await broker.store.write(
-            lambda conn, batch: sweep_once(conn, batch, settings, now), heavy=True
+            lambda conn, batch: sweep_once(conn, batch, settings, now, broker.sql), heavy=True
         )
         broker.next_due = min(broker.next_due, result.next_due)
         broker.notify_ready(result.ready)

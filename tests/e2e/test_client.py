@@ -36,7 +36,7 @@ from durable_tq.client import (
 )
 from durable_tq.servers.tcp import BrokerServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 MISSING_TASK_ID = 987_654_321
 

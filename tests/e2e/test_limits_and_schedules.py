@@ -13,7 +13,7 @@ from durable_tq import Worker
 from durable_tq.client import AsyncClient
 from durable_tq.servers.tcp import BrokerServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 LIMIT = 60.0
 

@@ -12,7 +12,7 @@ from durable_tq import TaskContext, errors
 from durable_tq.client import AsyncClient
 from tests.e2e.test_worker import LIMIT, make_worker, running, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 @pytest.fixture

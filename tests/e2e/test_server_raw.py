@@ -20,7 +20,7 @@ import pytest
 
 from durable_tq.servers.tcp import BrokerServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 RawConnect = Callable[..., AbstractAsyncContextManager[Any]]
 MakeServer = Callable[..., AbstractAsyncContextManager[BrokerServer]]
@@ -355,6 +355,7 @@ async def test_internal_error_is_short_on_the_wire_and_logged(
 # --- connection ends and leases ------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # patches the SQLite store's commit
 async def test_claim_cut_off_mid_commit_hands_its_task_back(
     server: BrokerServer,
     raw_connect: RawConnect,

@@ -16,7 +16,7 @@ from durable_tq.client import AsyncClient, ClaimArgs, Client, Settlement
 from durable_tq.wire import schema as s
 from durable_tq.wire.ops import OPS
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 LIMIT = 30.0
 #: Ops whose client method has another name (``list`` would shadow the builtin).

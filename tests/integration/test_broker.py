@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
 from durable_tq.core.broker import Broker, Session, TaskSpec, backoff_delay
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 @dataclass(frozen=True)
@@ -191,9 +190,11 @@ async def test_fail_backs_off_growing_then_dead_at_max_attempts(
         for attempt in range(1, 5):
             # Make the task ready now, whatever its backoff: claim needs it queued (and the
             # counts must hear of the move, as the sweeper's own moves do).
-            def make_ready(conn: sqlite3.Connection, batch: Batch) -> None:
+            def make_ready(conn: Any, batch: Batch) -> None:
                 cursor = conn.execute(
-                    "UPDATE tasks SET state='queued' WHERE id=? AND state='scheduled'", (task_id,)
+                    "UPDATE tasks SET state='queued' WHERE id = "
+                    f"{broker.sql.PARAM} AND state='scheduled'",
+                    (task_id,),
                 )
                 batch.moved("q", "scheduled", "queued", cursor.rowcount)
 
@@ -579,6 +580,7 @@ async def test_state_survives_close_and_reopen(settings: Settings) -> None:
         assert (await claim(broker))[0]["task_id"] == waiting
 
 
+@pytest.mark.sqlite_only  # one broker per SQLite file; PostgreSQL takes several
 async def test_second_broker_on_the_same_file_is_refused(settings: Settings) -> None:
     async with Broker(settings):
         with pytest.raises(errors.ConfigError, match="in use by another broker"):
@@ -693,11 +695,7 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         sweeper = Sweeper(broker)
 
         def counts(conn: Any) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-            kept = {
-                (q, s): n
-                for q, s, n in conn.execute("SELECT queue, state, n FROM queue_counts")
-                if n
-            }
+            kept = {(q, s): n for q, s, n in conn.execute(broker.sql.QUEUE_COUNTS) if n}
             actual = {
                 (q, s): n
                 for q, s, n in conn.execute(
@@ -746,6 +744,7 @@ async def test_queue_counts_stay_exact_through_every_kind_of_change(
         assert kept == actual
 
 
+@pytest.mark.sqlite_only  # SQLite's savepoint machinery
 async def test_a_batch_that_breaks_midway_commits_nothing_and_the_next_one_works(
     broker: Broker,
 ) -> None:
@@ -839,6 +838,7 @@ async def test_settle_with_claim_leases_after_settling_in_one_round_trip(broker:
     assert plain(await broker.settle(settles=[], claim=claim_args, session=session))["tasks"] == []
 
 
+@pytest.mark.sqlite_only  # PRAGMA synchronous
 async def test_a_batch_with_any_durable_write_commits_with_full_sync(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -13,7 +13,7 @@ from durable_tq.core.broker import Broker, Session
 from durable_tq.core.clock import BrokerTime, FakeClock
 from durable_tq.core.sweeper import Sweeper
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 MakeSettings = Callable[..., Settings]
 

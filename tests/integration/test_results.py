@@ -14,7 +14,7 @@ from durable_tq.core.sweeper import Sweeper
 from durable_tq.wire import schema
 from tests.integration.test_broker import claim, enqueue, j, plain, state_of
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 async def task_of(broker: Broker, task_id: int) -> dict[str, Any]:
@@ -259,7 +259,7 @@ async def test_a_chain_and_a_fan_in_in_one_enqueue_many(broker: Broker) -> None:
 async def task_lease(broker: Broker, task_id: int) -> str:
     rows = await broker.store.read(
         lambda conn: conn.execute(
-            "SELECT lease_token FROM tasks WHERE id = ?", (task_id,)
+            f"SELECT lease_token FROM tasks WHERE id = {broker.sql.PARAM}", (task_id,)
         ).fetchone()
     )
     return str(rows[0])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import anyio
@@ -12,15 +11,15 @@ from durable_tq import errors
 from durable_tq.core import scheduler
 from durable_tq.core.broker import Broker, Session
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
-def schedule_tasks(broker: Broker, name: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(broker.settings.db_path) as conn:
-        return conn.execute(
-            "SELECT unique_key, payload FROM tasks WHERE unique_key LIKE ? ORDER BY id",
-            (f"schedule:{name}:%",),
-        ).fetchall()
+async def schedule_tasks(broker: Broker, name: str) -> list[tuple[str, str]]:
+    sql = f"SELECT unique_key, payload FROM tasks WHERE unique_key LIKE {broker.sql.PARAM}"
+    rows = await broker.store.read(
+        lambda conn: conn.execute(sql + " ORDER BY id", (f"schedule:{name}:%",)).fetchall()
+    )
+    return [tuple(row) for row in rows]
 
 
 # --- schedules ------------------------------------------------------------------------------------
@@ -48,7 +47,7 @@ async def test_two_registrations_of_the_same_schedule_do_not_double_it(broker: B
     (schedule,) = (await broker.schedule_list())["schedules"]
     fired = await scheduler.fire_schedules(broker, now=schedule["next_run_at"])
     assert fired.fired == 1
-    assert len(schedule_tasks(broker, "twice")) == 1
+    assert len(await schedule_tasks(broker, "twice")) == 1
 
 
 async def test_slot_boundaries_fire_once(broker: Broker) -> None:
@@ -60,9 +59,9 @@ async def test_slot_boundaries_fire_once(broker: Broker) -> None:
     (after,) = (await broker.schedule_list())["schedules"]
     assert after["next_run_at"] == slot + 60 and after["last_slot"] == slot
     assert (await scheduler.fire_schedules(broker, now=slot + 60)).fired == 1
-    keys = [key for key, _ in schedule_tasks(broker, "minute")]
+    keys = [key for key, _ in await schedule_tasks(broker, "minute")]
     assert keys == [scheduler.slot_key("minute", slot), scheduler.slot_key("minute", slot + 60)]
-    assert all(payload == "7" for _, payload in schedule_tasks(broker, "minute"))
+    assert all(payload == "7" for _, payload in await schedule_tasks(broker, "minute"))
 
 
 @pytest.mark.parametrize(("missed", "expected"), [("latest", 1), ("none", 0)])
@@ -75,7 +74,7 @@ async def test_an_hour_of_downtime_fires_at_most_once(
     later = slot + 3600 + 150  # 13 slots passed while "down", the last 150 s ago
     fired = await scheduler.fire_schedules(broker, now=later)
     assert fired.fired == expected
-    tasks = schedule_tasks(broker, "m")
+    tasks = await schedule_tasks(broker, "m")
     assert len(tasks) == expected
     if expected:
         assert tasks[0][0] == scheduler.slot_key("m", slot + 3600)  # the latest missed slot

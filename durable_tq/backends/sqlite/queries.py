@@ -1,4 +1,11 @@
-"""Every SQL statement the broker runs, by name. sqlite3 prepares each once per connection."""
+"""Every SQL statement the broker runs, by name. sqlite3 prepares each once per connection.
+
+``backends.postgres.queries`` has the same names (the broker reads them from
+``store.queries``); a name that only one backend needs is None in the other.
+"""
+
+#: The placeholder of a positional parameter (SQL built in code: ``reads.read_task_page``).
+PARAM = "?"
 
 # Columns of the wire task object, in the order rows come back.
 TASK_COLUMNS = (
@@ -68,6 +75,10 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND finished_at IS NOT NULL
 """
 
 INSERT_QUEUE = "INSERT OR IGNORE INTO queues (name) VALUES (?)"
+
+# PostgreSQL only: per-broker count rows folded by the sweep, notifications to other brokers.
+FOLD_COUNTS: str | None = None
+NOTIFY: str | None = None
 
 # The writer adds up a batch's state changes and applies them here, once per queue and state,
 # just before COMMIT (Store.moved): cheaper than a trigger per row.
@@ -339,6 +350,10 @@ NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"
 QUEUE_STATE_COUNT = "SELECT n FROM queue_counts WHERE queue = ? AND state = ?"
 
 QUEUE_LIMITS = "SELECT name, rate, burst, max_leased, key_concurrency FROM queues"
+QUEUE_LIMITS_OF = QUEUE_LIMITS + " WHERE name = ?"
+
+# One writer: a limited queue's claims never race (PostgreSQL locks the queue's row).
+LOCK_LIMITED_QUEUE: str | None = None
 
 SET_QUEUE_LIMITS = """
 INSERT INTO queues (name, rate, burst, max_leased, key_concurrency)

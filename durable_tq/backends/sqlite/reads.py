@@ -1,5 +1,6 @@
-"""The SQLite reads behind ``get``, ``list`` and ``stats``: one definition of each answer,
-shared by the broker (on its read connections) and the offline CLI (``--db``)."""
+"""The reads behind ``get``, ``list`` and ``stats``: one definition of each answer, shared by
+the broker (on its read connections, with its backend's ``sql``) and the offline CLI
+(``--db``, SQLite)."""
 
 from __future__ import annotations
 
@@ -51,28 +52,32 @@ def read_task_page(
     state: str | None,
     limit: int,
     after_id: int | None,
+    sql: Any = queries,
 ) -> Result:
     """One page of the ``list`` reply: tasks by id after ``after_id``, optionally filtered."""
-    clauses: list[str] = ["id > ?"]
+    mark = sql.PARAM
+    clauses: list[str] = [f"id > {mark}"]
     params: list[Any] = [after_id or 0]
     if queue is not None:
-        clauses.append("queue = ?")
+        clauses.append(f"queue = {mark}")
         params.append(queue)
     if state is not None:
-        clauses.append("state = ?")
+        clauses.append(f"state = {mark}")
         params.append(state)
-    sql = (
-        f"SELECT {queries.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
-        " ORDER BY id LIMIT ?"
+    text = (
+        f"SELECT {sql.TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)}"
+        f" ORDER BY id LIMIT {mark}"
     )
     params.append(limit + 1)
-    rows = conn.execute(sql, params).fetchall()
+    rows = conn.execute(text, params).fetchall()
     page = rows[:limit]
     next_after_id = page[-1][0] if len(rows) > limit else None
     return {"tasks": [task_from_row(r) for r in page], "next_after_id": next_after_id}
 
 
-def read_stats(conn: sqlite3.Connection, now: float, worker_timeout: float) -> Result:
+def read_stats(
+    conn: sqlite3.Connection, now: float, worker_timeout: float, sql: Any = queries
+) -> Result:
     """The ``queues`` and ``workers`` fields of the ``stats`` reply."""
     queues: dict[str, Result] = {}
 
@@ -82,14 +87,14 @@ def read_stats(conn: sqlite3.Connection, now: float, worker_timeout: float) -> R
             queues[name].update(paused=False, oldest_queued_age=None)
         return queues[name]
 
-    for name, paused in conn.execute(queries.QUEUES):
+    for name, paused in conn.execute(sql.QUEUES):
         entry(name)["paused"] = bool(paused)
-    for name, state, n in conn.execute(queries.QUEUE_COUNTS):
+    for name, state, n in conn.execute(sql.QUEUE_COUNTS):
         entry(name)[state] = n
     for name, counts in queues.items():
         if counts[TaskState.QUEUED]:
-            oldest = conn.execute(queries.OLDEST_QUEUED, (name,)).fetchone()[0]
+            oldest = conn.execute(sql.OLDEST_QUEUED, (name,)).fetchone()[0]
             if oldest is not None:
                 counts["oldest_queued_age"] = max(0.0, now - oldest)
-    workers = conn.execute(queries.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
+    workers = conn.execute(sql.LIVE_WORKERS, (now - worker_timeout,)).fetchone()[0]
     return {"queues": queues, "workers": workers}

@@ -425,6 +425,8 @@ class DatabaseLock:
 class Store:
     """The database of one broker: a group-commit writer and read-only connections."""
 
+    queries = queries
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.db_path)
@@ -456,6 +458,11 @@ class Store:
         #: Called on the event loop after a COMMIT whose batch finished tasks.
         self.after_commit: Callable[[Batch], None] | None = None
         self._committed = False
+        #: The only writer of its file: no other broker's commits to hear of.
+        self.shared = False
+        self.on_ready: Callable[[str, int], None] | None = None
+        self.on_done: Callable[[list[int]], None] | None = None
+        self.on_queue_changed: Callable[[str], None] | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -828,6 +835,10 @@ class Store:
     @property
     def pending_writes(self) -> int:
         return len(self._pending)
+
+    async def lead(self) -> bool:
+        """The only broker on its file always runs the sweeps."""
+        return True
 
     #: Called after each commit with (write requests in the batch, seconds in COMMIT), maybe
     #: on the database thread; the HTTP face's metrics histograms set it.

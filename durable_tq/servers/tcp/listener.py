@@ -150,7 +150,7 @@ class BrokerServer:
                     if self.http is not None:
                         connections.start_soon(self.http.serve, name="durable_tq http")
                     # At debug level: run() (and the CLI) says it once, at INFO or on stdout.
-                    log.debug("listening on %s (database %s)", self.url, self.settings.db_path)
+                    log.debug("listening on %s (database %s)", self.url, self.settings.database)
                     task_status.started(self)
                     await self._shutdown.wait()
                     # _accept has stopped; this group now waits for every connection to close.

@@ -63,7 +63,7 @@ async def _run(settings: Settings, on_listening: Callable[[BrokerServer], None] 
             if on_listening is not None:
                 on_listening(server)  # the caller says "listening" (durable-tq serve: stdout)
             else:
-                log.info("listening on %s (database %s)", server.url, settings.db_path)
+                log.info("listening on %s (database %s)", server.url, settings.database)
 
 
 async def _watch_signals(signals: Any, server: BrokerServer) -> None:

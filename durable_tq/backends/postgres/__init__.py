@@ -1,0 +1,1 @@
+"""PostgreSQL: several brokers on one database (store, SQL, migrations); docs/postgres.md."""

@@ -1,0 +1,186 @@
+"""Several brokers on one PostgreSQL database, as real processes: shared work, wake-ups across
+brokers, queue settings across brokers, and a broker SIGKILLed under load."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import anyio
+import pytest
+
+from tests.conftest import BrokerProcess, RawConnection, empty_postgres
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
+
+ServeSubprocess = Callable[..., BrokerProcess]
+RawConnect = Callable[..., AbstractAsyncContextManager[RawConnection]]
+SWEEPING = "this broker runs the sweeps now"
+FAST = {"DURABLE_TQ_SWEEP_INTERVAL": "0.1", "DURABLE_TQ_LOG_LEVEL": "INFO"}
+
+
+@pytest.fixture
+def pg_url(postgres_database: str) -> str:
+    empty_postgres(postgres_database)
+    return postgres_database
+
+
+def brokers(serve: ServeSubprocess, url: str, count: int) -> list[BrokerProcess]:
+    """``count`` brokers on ``url``, started one after another: the first one sweeps."""
+    started = []
+    for i in range(count):
+        started.append(serve(url, args=["--no-http"], env=FAST))
+        if i == 0:
+            wait_for_log(started[0], SWEEPING)
+    return started
+
+
+def wait_for_log(broker: BrokerProcess, text: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while text not in broker.log_text():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the log of {broker.url}:\n{broker.log_text()}")
+        time.sleep(0.02)
+
+
+async def test_a_task_enqueued_on_one_broker_wakes_a_claim_parked_on_another(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    a, b, c = brokers(serve_subprocess, pg_url, 3)
+    latencies = []
+    async with (
+        raw_connect(a.url) as producer,
+        raw_connect(b.url) as worker,
+        raw_connect(c.url) as waiter,
+    ):
+        for i in range(20):
+            claim_id = await worker.send("claim", queues=["cross"], wait=20)
+            await anyio.sleep(0.05)  # parked on b
+            sent = time.perf_counter()
+            enqueued = await producer.request("enqueue", queue="cross", payload=i)
+            claimed = await worker.reply_to(claim_id)
+            latencies.append(time.perf_counter() - sent)
+            (task,) = claimed["tasks"]
+            assert task["task_id"] == enqueued["task_id"]
+            # A wait parked on c ends when b's ack commits.
+            wait_id = await waiter.send("wait", task_id=task["task_id"], timeout=20)
+            await anyio.sleep(0.02)
+            await worker.request("ack", task_id=task["task_id"], lease_token=task["lease_token"])
+            waited = await waiter.reply_to(wait_id)
+            assert waited["done"] and waited["task"]["state"] == "succeeded"
+        stats = await waiter.request("stats")
+        assert stats["queues"]["cross"]["succeeded"] == 20
+    latencies.sort()
+    median, worst = latencies[len(latencies) // 2] * 1000, latencies[-1] * 1000
+    print(f"cross-broker wake-up: median {median:.1f} ms, max {worst:.1f} ms")
+
+
+async def test_pause_and_limits_set_on_one_broker_hold_on_the_others(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    a, b = brokers(serve_subprocess, pg_url, 2)
+    async with raw_connect(a.url) as admin, raw_connect(b.url) as worker:
+        await admin.request("pause", queue="p")
+        await admin.request("enqueue", queue="p", payload=1)
+        claim_id = await worker.send("claim", queues=["p"], wait=20)
+        await anyio.sleep(0.5)  # b heard of the pause: its claim stays parked
+        assert claim_id not in worker.unclaimed
+        await admin.request("resume", queue="p")
+        claimed = await worker.reply_to(claim_id)
+        assert len(claimed["tasks"]) == 1
+        # max_leased set on a holds on b: one lease at a time across both brokers.
+        await admin.request("set_queue_limits", queue="m", max_leased=1)
+        for i in range(3):
+            await admin.request("enqueue", queue="m", payload=i)
+        held = (await admin.request("claim", queues=["m"], max=5))["tasks"]
+        assert len(held) == 1
+        assert (await worker.request("claim", queues=["m"], max=5))["tasks"] == []
+
+
+async def test_sigkill_of_the_sweeping_broker_under_load_loses_nothing(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    """Producers on a and b, workers on b and c, a worker on a that holds leases it never
+    settles. a (the sweeper) is SIGKILLed mid-load: every acknowledged enqueue is there and
+    ends succeeded, no task is acked twice, and a survivor takes the sweeps over (the dead
+    worker's leases expire and are handed out again)."""
+    a, b, c = brokers(serve_subprocess, pg_url, 3)
+    acknowledged: set[int] = set()
+    acked: dict[int, int] = {}
+    stranded: set[int] = set()
+    killed = anyio.Event()
+
+    async def produce(broker: BrokerProcess, count: int) -> None:
+        try:
+            async with raw_connect(broker.url, within=60) as conn:
+                for i in range(count):
+                    reply = await conn.request("enqueue", queue="load", payload=i)
+                    if reply.get("ok"):
+                        acknowledged.add(reply["task_id"])
+        except (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+            assert broker is a and killed.is_set()  # only the killed broker's producer stops
+
+    async def strand(broker: BrokerProcess) -> None:
+        async with raw_connect(broker.url, within=60) as conn:
+            while not stranded:
+                reply = await conn.request("claim", queues=["load"], max=5, wait=5, lease=1.0)
+                stranded.update(t["task_id"] for t in reply["tasks"])
+            await killed.wait()
+
+    async def work(broker: BrokerProcess, done: anyio.Event) -> None:
+        async with raw_connect(broker.url, within=60) as conn:
+            while not done.is_set():
+                reply = await conn.request("claim", queues=["load"], max=10, wait=0.2, lease=5)
+                for task in reply["tasks"]:
+                    settled = await conn.request(
+                        "ack", task_id=task["task_id"], lease_token=task["lease_token"]
+                    )
+                    if settled.get("ok"):
+                        acked[task["task_id"]] = acked.get(task["task_id"], 0) + 1
+
+    async def kill_a() -> None:
+        while len(acknowledged) < 20 or not stranded:  # noqa: ASYNC110 - load is the signal
+            await anyio.sleep(0.01)
+        a.kill()
+        killed.set()
+
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(strand, a)
+        tg.start_soon(work, b, done)
+        tg.start_soon(work, c, done)
+        async with anyio.create_task_group() as producers:
+            producers.start_soon(produce, a, 2_000)
+            producers.start_soon(produce, b, 100)
+            producers.start_soon(kill_a)
+        with anyio.fail_after(120):
+            while not acknowledged <= set(acked):  # noqa: ASYNC110 - the work is the signal
+                await anyio.sleep(0.05)
+        done.set()
+    assert killed.is_set() and stranded
+    assert all(n == 1 for n in acked.values()), "a task was acked twice"
+    assert stranded <= set(acked), "the killed broker's leases were not handed out again"
+    survivors = [b.log_text(), c.log_text()]
+    assert any(SWEEPING in log for log in survivors), "no survivor took the sweeps over"
+    assert re.search(r"Traceback", survivors[0] + survivors[1]) is None
+    await check_stored(raw_connect, b.url, acknowledged, acked, stranded)
+
+
+async def check_stored(
+    raw_connect: RawConnect,
+    url: str,
+    acknowledged: set[int],
+    acked: dict[int, int],
+    stranded: set[int],
+) -> None:
+    """What the database holds after the kill: every acknowledged task succeeded, once; the
+    stranded ones on their second attempt."""
+    async with raw_connect(url) as conn:
+        stats = (await conn.request("stats"))["queues"]["load"]
+        assert stats["succeeded"] == len(acked) >= len(acknowledged)
+        assert stats["leased"] == 0
+        for task_id in stranded:
+            task = (await conn.request("get", task_id=task_id))["task"]
+            assert task["attempts"] == 2 and task["state"] == "succeeded"
