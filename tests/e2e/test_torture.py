@@ -145,6 +145,26 @@ def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
     assert history.malformed == 1
 
 
+def test_claims_are_ordered_by_the_broker_not_by_when_a_starved_consumer_got_them(
+    tmp_path: Path,
+) -> None:
+    """Attempt 4 reached its (starved) consumer after its 1 s lease had run out, and after
+    attempt 5 had been handed to another consumer: no overlap (seen in a run on a machine
+    with a load of 15 on 2 cores)."""
+    _write(tmp_path / "producer0.history", "enqueue ok 1 p-1")
+    _write(
+        tmp_path / "consumer0-g0.history",
+        "claim 1 4 tokD 256.136310 257.786422",
+        "ack lease_lost 1 tokD",
+    )
+    _write(
+        tmp_path / "consumer1-g0.history", "claim 1 5 tokE 258.734438 257.739261", "ack ok 1 tokE"
+    )
+    history = torture.read_history(tmp_path)
+    checks = torture.check_history(history, {1: StoredTask("succeeded", "p-1", "tokE")})
+    assert all(c.passed for c in checks), checks
+
+
 def test_integrity_check_reports_a_damaged_file(tmp_path: Path) -> None:
     import sqlite3
 

@@ -144,10 +144,13 @@ def _lease_overlaps(history: History) -> list[str]:
 
     A later claim received before the earlier lease's expiry was made by the broker before
     it, too (same clock). Allowed only when the earlier holder sent a fail or release.
+    Claims are taken in the order the broker made them — by their expiry on the broker's
+    clock, since every claim of a run asks for the same lease — not in the order they were
+    received: a starved consumer may record its claim after the next holder did.
     """
     overlaps = []
     for task_id, leases in history.leases.items():
-        leases.sort()
+        leases.sort(key=lambda lease: (lease[1], lease[0]))
         for (_, expires, token), (received, _, _) in itertools.pairwise(leases):
             if received < expires - 0.001 and token not in history.handed_back:
                 overlaps.append(f"{task_id} ({expires - received:.3f} s early)")
