@@ -50,6 +50,7 @@ from durable_tq.tools.torture.checker import (
 )
 from durable_tq.tools.torture.children import HistoryFile, child_main
 from durable_tq.tools.torture.harness import (
+    Prober,
     TortureConfig,
     TortureReport,
     broker_stats,
@@ -63,6 +64,7 @@ __all__ = [
     "Check",
     "History",
     "HistoryFile",
+    "Prober",
     "StoredTask",
     "TortureConfig",
     "TortureReport",

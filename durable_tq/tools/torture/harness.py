@@ -186,7 +186,7 @@ def live_tasks(stats: dict[str, Any]) -> int:
 PROBES = "torture-probe"
 
 
-class _Prober:
+class Prober:
     """A durable write (an enqueue) every PROBE_INTERVAL s, one at a time, from a thread, and
     when each was answered: where the broker was seen working (flows.responsive)."""
 
@@ -299,7 +299,7 @@ class _Torture:
         self.db_path = workdir / "torture.db"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
         self.tally = _Tally()
-        self.prober = _Prober(self.port)
+        self.prober = Prober(self.port)
         self.broker = self._broker()
         self.broker_ready = False
         self.broker_restarted = False
