@@ -54,8 +54,11 @@ def torture(
     that also claim (--settle-consumers).
     The broker is killed --kills times (its file checked with PRAGMA
     integrity_check while it is down) and consumers --consumer-kills times.
+    Producers also enqueue chains and fan-ins (after=...) and wait for results;
+    interval schedules fire throughout.
     Then the queue is drained and the histories are held against the database:
-    no ok'd write lost, every ok'd task succeeded, no task acked twice.
+    no ok'd write lost, every ok'd task succeeded, no task acked twice, no
+    dependent run before its parents, every wait true, every schedule slot once.
     Exits 1 when any check fails.
     """
     # Imported here: every command module is imported when any command runs, and a broker

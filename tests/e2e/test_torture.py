@@ -7,6 +7,7 @@ proves nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from durable_tq.tools import torture
-from durable_tq.tools.torture import History, StoredTask
+from durable_tq.tools.torture import History, StoredTask, flows
+from durable_tq.tools.torture.flows import BrokerLife, Firing, Probe, StoredSchedule
 
 
 @pytest.mark.slow
@@ -46,6 +48,9 @@ def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
     assert counts["enqueues ok"] >= 20
     assert counts["acks ok"] >= 20
     assert counts["acks ok via settle"] >= 1  # one of the two consumers settles in batches
+    assert counts["dependents stored (after)"] >= 1
+    assert counts["waits returned"] >= 1
+    assert counts["schedule firings"] >= 1
 
     # The same histories against a database that lost one ok'd enqueue and one ok'd ack
     # must fail: the checks can see a loss.
@@ -59,6 +64,55 @@ def test_short_torture_run_passes_every_check(tmp_path: Path) -> None:
     assert not verdicts["every ok'd enqueue is stored (no lost writes)"]
     assert not verdicts["every ok'd ack is the stored one (acks durable)"]
     assert not verdicts["every ok'd enqueue reached succeeded (at-least-once)"]
+
+    _the_flow_checks_fail_on_a_doctored_copy_of_the_run(workdir)
+
+
+def _the_flow_checks_fail_on_a_doctored_copy_of_the_run(workdir: Path) -> None:
+    """Dependencies, waits and schedules of the real run pass, and fail once doctored: a
+    dependent claimed before its parent's ack went out, a wait whose result is not the one
+    stored, a slot fired twice, an owed slot lost."""
+    history = torture.read_history(workdir)
+    stored = torture.read_database(workdir / "torture.db")
+    lives = flows.read_lives(workdir / "broker.lives")
+    assert sum(life.how == "killed" for life in lives) == 3
+    assert all(c.passed for c in flows.check_dependencies(history, stored))
+    check, _ = flows.check_waits(history, stored, flows.kill_times(lives))
+    assert check.passed
+
+    by_uid = {task.uid: task_id for task_id, task in stored.items()}
+    child = next(t for t, task in stored.items() if task.parents and history.leases.get(t))
+    parent = stored[by_uid[stored[child].parents[0]]]
+    assert parent.lease_token is not None
+    first_claim = min(received for received, _, _ in history.leases[child])
+    history.ack_sent[parent.lease_token] = first_claim + 0.001
+    (early, _) = flows.check_dependencies(history, stored)
+    assert not early.passed and "before parent" in early.detail
+
+    waited = next(w for w in history.waits if w.outcome == "ok" and w.state == "succeeded")
+    stored[waited.task_id] = dataclasses.replace(stored[waited.task_id], result='{"other":1}')
+    check, _ = flows.check_waits(history, stored, [])
+    assert not check.passed
+
+    schedules, firings = flows.read_schedules(workdir / "torture.db")
+    probes = flows.read_probes(workdir / "broker.probes")
+    assert all(c.passed for c in flows.check_schedules(schedules, firings, lives, probes)[0])
+    fired = firings[-1]
+    every = schedules[fired.name].every
+    doubled = flows.check_schedules(schedules, [*firings, fired], lives, probes)[0]
+    assert not {c.name: c.passed for c in doubled}["no schedule slot fired twice"]
+    # A broker seen serving through that slot, and the slot's task gone: lost.
+    serving = BrokerLife(fired.slot - 2, fired.slot - 1, fired.slot + every + 1, "killed")
+    answers = _probes(fired.slot - 1, fired.slot + every + 1)
+    others = [f for f in firings if f != fired]
+    lost = flows.check_schedules(schedules, others, [serving], answers)[0]
+    assert not {c.name: c.passed for c in lost}["no slot lost while the broker served"]
+
+
+def _probes(start: float, end: float, every: float = 0.1, took: float = 0.01) -> list[Probe]:
+    """The prober's writes from ``start`` to ``end``, each answered after ``took`` s."""
+    count = round((end - start) / every)
+    return [Probe(start + i * every, start + i * every + took) for i in range(count + 1)]
 
 
 def _write(path: Path, *lines: str) -> None:
@@ -145,6 +199,29 @@ def test_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
     assert history.malformed == 1
 
 
+def test_claims_are_ordered_by_the_broker_not_by_when_a_starved_consumer_got_them(
+    tmp_path: Path,
+) -> None:
+    """Attempt 4 reached its (starved) consumer after its 1 s lease had run out, and after
+    attempt 5 had been handed to another consumer: no overlap (seen in a run on a machine
+    with a load of 15 on 2 cores)."""
+    _write(tmp_path / "producer0.history", "enqueue ok 1 p-1")
+    _write(
+        tmp_path / "consumer0-g0.history",
+        "claim 1 4 tokD 256.136310 257.786422",
+        "ack lease_lost 1 tokD",
+    )
+    _write(
+        tmp_path / "consumer1-g0.history",
+        "claim 1 5 tokE 258.734438 257.739261",
+        "ack sent 1 tokE 257.740996",
+        "ack ok 1 tokE",
+    )
+    history = torture.read_history(tmp_path)
+    checks = torture.check_history(history, {1: StoredTask("succeeded", "p-1", "tokE")})
+    assert all(c.passed for c in checks), checks
+
+
 def test_integrity_check_reports_a_damaged_file(tmp_path: Path) -> None:
     import sqlite3
 
@@ -217,3 +294,158 @@ def test_checker_reads_per_task_settle_results(tmp_path: Path) -> None:
     verdicts = {c.name: c.passed for c in torture.check_history(history, stored)}
     assert not verdicts["at most one ok'd ack per task (fencing)"]
     assert not verdicts["acks after the lease ended are refused (fencing)"]
+
+
+# --- dependencies, waits and schedules -----------------------------------------------------------
+
+
+def _flow_history(tmp_path: Path, *consumer_lines: str) -> History:
+    _write(
+        tmp_path / "producer0.history",
+        "enqueue ok 1 p-1 p-1",  # an enqueue_many: a chain p-1 -> p-2
+        "enqueue ok 2 p-2 p-1",
+        "enqueue ok 3 p-3 -",  # doomed
+        "enqueue ok 4 p-4 -",  # after p-3
+        'wait ok 2 succeeded 99.000000 102.000000 {"attempt":1}',
+        "wait ok 4 cancelled 99.000000 101.000000 null",
+        "wait timeout 1 - 99.000000 199.000000 -",
+    )
+    _write(
+        tmp_path / "consumer0-g0.history",
+        "claim 1 1 tokA 110.000000 100.000000",
+        "ack sent 1 tokA 100.500000",
+        "ack ok 1 tokA",
+        "claim 3 1 tokC 110.000000 100.000000",
+        "fail sent 3 tokC",
+        "fail ok 3 tokC",
+        *consumer_lines,
+    )
+    return torture.read_history(tmp_path)
+
+
+def _flow_stored() -> dict[int, StoredTask]:
+    return {
+        1: StoredTask("succeeded", "p-1", "tokA", result='{"attempt":1}'),
+        2: StoredTask("succeeded", "p-2", "tokB", parents=("p-1",), result='{"attempt":1}'),
+        3: StoredTask("dead", "p-3", "tokC", doomed=True),
+        4: StoredTask("cancelled", "p-4", None, parents=("p-3",),
+                      last_error="parent task 3 ended dead"),
+    }  # fmt: skip
+
+
+def _flow_verdicts(history: History, stored: dict[int, StoredTask]) -> dict[str, bool]:
+    checks = [*torture.check_history(history, stored), *flows.check_dependencies(history, stored)]
+    checks.append(flows.check_waits(history, stored, [100.0])[0])
+    return {c.name: c.passed for c in checks}
+
+
+def test_dependency_and_wait_checks_accept_a_clean_history(tmp_path: Path) -> None:
+    history = _flow_history(
+        tmp_path,
+        "claim 2 1 tokB 111.000000 100.600000",  # after p-1's ack went out
+        "ack sent 2 tokB 100.700000",
+        "ack ok 2 tokB",
+    )
+    assert all(_flow_verdicts(history, _flow_stored()).values())
+    assert history.ack_sent == {"tokA": 100.5, "tokB": 100.7}
+    _, counts = flows.check_waits(history, _flow_stored(), [100.0])
+    assert counts["waits returned"] == 2 and counts["waits returned across a broker kill"] == 2
+    assert counts["waits timed out"] == 1
+
+
+EARLY = "no dependent handed out before its parents succeeded"
+CANCELLED = "a failed parent's dependents ended cancelled, naming it"
+WAITS = "every wait that returned agrees with the database"
+
+
+@pytest.mark.parametrize(
+    ("consumer_lines", "doctor", "failing"),
+    [
+        # p-2 handed out before the ack of its parent p-1 was even sent.
+        (["claim 2 1 tokB 111.000000 100.400000", "ack sent 2 tokB 100.700000"], {}, {EARLY}),
+        # p-4 handed out although its parent p-3 died.
+        (["claim 4 1 tokD 111.000000 100.600000"], {}, {EARLY}),
+        # p-4, a dependent of a dead parent, ran and succeeded (its wait said cancelled).
+        ([], {4: {"state": "succeeded", "last_error": None}}, {CANCELLED, WAITS}),
+        # ...or was cancelled without naming the parent.
+        ([], {4: {"last_error": "cancelled by hand"}}, {CANCELLED}),
+        # the doomed task succeeded.
+        ([], {3: {"state": "succeeded"}}, {CANCELLED}),
+        # p-2's wait returned a result that is not the stored one.
+        ([], {2: {"result": '{"attempt":2}'}}, {WAITS}),
+    ],
+)
+def test_dependency_and_wait_checks_find_violations(
+    tmp_path: Path,
+    consumer_lines: list[str],
+    doctor: dict[int, dict[str, object]],
+    failing: set[str],
+) -> None:
+    history = _flow_history(tmp_path, *consumer_lines)
+    stored = _flow_stored()
+    for task_id, changes in doctor.items():
+        stored[task_id] = dataclasses.replace(stored[task_id], **changes)  # type: ignore[arg-type]
+    verdicts = _flow_verdicts(history, stored)
+    assert {name for name, passed in verdicts.items() if not passed} == failing
+
+
+ScheduleCase = tuple[dict[str, StoredSchedule], list[Firing], list[BrokerLife], list[Probe]]
+
+
+def _schedule_case() -> ScheduleCase:
+    """Every 1 s: served 99.5-101.7, down until 103.4 (slot 102 missed), served to 107.5
+    but stalled from 105.9 to 107.3 (the prober waited: slot 106 missed)."""
+    lives = [BrokerLife(99.0, 99.5, 101.7, "killed"), BrokerLife(101.8, 103.4, 107.5, "stopped")]
+    probes = [*_probes(99.5, 101.6), Probe(101.7, None), Probe(102.5, None)]
+    probes += [*_probes(103.4, 105.8), Probe(105.9, 107.3), *_probes(107.4, 107.5)]
+    fired_at = {100: 100.01, 101: 101.02, 103: 103.3, 104: 104.01, 105: 105.02, 107: 107.3}
+    firings = [Firing("s", float(slot), at, slot) for slot, at in fired_at.items()]
+    return {"s": StoredSchedule("s", 1.0, 107.0, 108.0)}, firings, lives, probes
+
+
+def test_schedule_checks_accept_once_per_slot_and_skips_across_downtime_or_a_stall() -> None:
+    schedules, firings, lives, probes = _schedule_case()
+    checks, counts = flows.check_schedules(schedules, firings, lives, probes)
+    assert all(c.passed for c in checks), checks
+    # Owed: 100 (first life), 104 (second); 101, 103 and 105 overlap downtime or the stall.
+    assert counts["schedule slots owed while serving"] == 2
+    assert counts["schedule slots skipped across downtime or a stall"] == 2  # 102, 106
+
+
+def test_responsive_stretches_end_at_a_slow_or_missing_answer() -> None:
+    probes = [*_probes(0.0, 1.0), Probe(1.1, 1.5), *_probes(1.6, 2.0), Probe(2.1, None)]
+    probes += _probes(2.2, 3.0)
+    assert flows.responsive(probes) == [
+        (pytest.approx(0.01), pytest.approx(1.01)),
+        (pytest.approx(1.5), pytest.approx(2.01)),
+        (pytest.approx(2.21), pytest.approx(3.01)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "failing"),
+    [
+        ("twice", "no schedule slot fired twice"),
+        ("early", "each firing is the latest due slot, never early (missed = latest)"),
+        ("stale", "each firing is the latest due slot, never early (missed = latest)"),
+        ("lost", "no slot lost while the broker served"),
+        ("not advanced",
+         "each schedule's last_slot is its latest task (enqueue and advance atomic)"),
+    ],
+)  # fmt: skip
+def test_schedule_checks_find_violations(change: str, failing: str) -> None:
+    schedules, firings, lives, probes = _schedule_case()
+    if change == "twice":
+        firings.append(Firing("s", 104.0, 104.2, 99))
+    elif change == "early":  # slot 104 fired before it was due
+        firings[3] = Firing("s", 104.0, 103.95, 104)
+    elif change == "stale":  # slot 104 fired when 105 was the latest due
+        firings[3] = Firing("s", 104.0, 105.01, 104)
+    elif change == "lost":  # the broker served through slot 104 and did not fire it
+        del firings[3]
+    else:  # a task for slot 107, but the schedule still says 105
+        schedules["s"] = StoredSchedule("s", 1.0, 105.0, 106.0)
+    verdicts = flows.check_schedules(schedules, firings, lives, probes)[0]
+    checks = {c.name: c.passed for c in verdicts}
+    assert not checks.pop(failing)
+    assert all(checks.values()), checks

@@ -1,8 +1,12 @@
 """Crash testing: record what every client was told, SIGKILL the broker and its workers, check.
 
 :func:`run_torture` starts ``python -m durable_tq serve`` on one database file and one fixed
-port, producer processes that enqueue tasks (each payload carries a unique id) and consumer
-processes that claim, ack, fail, release, extend, abandon and ack too late. Some consumers
+port, producer processes that enqueue tasks (each payload carries a unique id; some are chains
+and fan-ins with ``after``, some depend on earlier ok'd tasks, some are doomed to fail for
+good, and some are ``wait``-ed for, riding out the kills) and consumer processes that claim,
+ack, fail, release, extend, abandon and ack too late. Interval schedules (every 1 s and 2 s,
+``missed = latest``) fire into a queue the consumers also work, and a prober thread writes
+every 0.1 s to see when the broker is really working. Some consumers
 (``--settle-consumers``) take the batching path instead: each ``settle`` request ends the
 leases of the last round (acks, fails and releases mixed, now and then a stale token or the
 same ack twice) and claims the next tasks in the same transaction, and it is their only
@@ -19,7 +23,13 @@ database is opened read-only and held against the histories:
 * an ack sent after its lease ran out was refused;
 * every claim got a fresh token, and no task was claimed while another lease on it held;
 * each ``enqueue_many`` is stored whole or not at all, and nothing is stored twice;
-* the file passed ``integrity_check`` after every kill.
+* the file passed ``integrity_check`` after every kill;
+* no dependent task was claimed before each parent's successful ack was sent, and the
+  dependents of a task that failed for good ended cancelled, naming it, never claimed;
+* every ``wait`` that returned agrees with the database (state, result);
+* no schedule slot fired twice, each firing was the latest due slot, no slot was lost while
+  the broker was seen serving (:mod:`durable_tq.tools.torture.flows` says exactly what
+  that means), and each schedule's ``last_slot`` is its latest task.
 
 Only ``ok`` replies are promises. A request whose connection broke before its reply is
 *unknown*: it may or may not have been committed, and the checks allow both.
@@ -40,6 +50,7 @@ from durable_tq.tools.torture.checker import (
 )
 from durable_tq.tools.torture.children import HistoryFile, child_main
 from durable_tq.tools.torture.harness import (
+    Prober,
     TortureConfig,
     TortureReport,
     broker_stats,
@@ -53,6 +64,7 @@ __all__ = [
     "Check",
     "History",
     "HistoryFile",
+    "Prober",
     "StoredTask",
     "TortureConfig",
     "TortureReport",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from durable_tq.tools.torture.children import QUEUE
+from durable_tq.tools.torture.children import QUEUE, TICKS
 
 log = logging.getLogger("durable_tq.tools.torture")
 
@@ -25,6 +25,19 @@ class Check:
 
 
 # --- reading the histories back -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """A ``wait`` a producer sent and what came back (``outcome`` "ok" when it returned)."""
+
+    task_id: int
+    outcome: str
+    state: str
+    sent_at: float
+    returned_at: float
+    #: The result it returned, as JSON text ("-" when it returned nothing).
+    result: str
 
 
 @dataclass
@@ -49,6 +62,9 @@ class History:
     #: Tokens a fail or release was sent for (recorded before sending, whatever came back):
     #: their lease may have ended before it expired.
     handed_back: set[str] = field(default_factory=set)
+    #: Lease token -> when an ack with it was first sent (``time.time()`` of the consumer).
+    ack_sent: dict[str, float] = field(default_factory=dict)
+    waits: list[WaitRecord] = field(default_factory=list)
     #: "op outcome" -> how many of them were items of a settle (also in ``outcomes``).
     via_settle: Counter[str] = field(default_factory=Counter)
     #: Items sent in settle requests (whatever came back).
@@ -84,6 +100,8 @@ def _read_line(history: History, fields: list[str]) -> None:
         history.leases[int(fields[1])].append((float(fields[5]), float(fields[4]), fields[3]))
         return
     outcome = fields[1]
+    if _read_ack_sent_or_wait(history, op, outcome, fields):
+        return
     if op == "settle":  # settle <outcome> <items sent> <tasks claimed>
         history.outcomes[f"settle {outcome}"] += 1
         history.settle_items += int(fields[2])
@@ -110,28 +128,84 @@ def _read_line(history: History, fields: list[str]) -> None:
         history.late_acks_ok.append((task_id, fields[3]))
 
 
+def _read_ack_sent_or_wait(history: History, op: str, outcome: str, fields: list[str]) -> bool:
+    if op == "ack" and outcome == "sent":  # ack sent <task> <token> <time>
+        sent = float(fields[4])
+        history.ack_sent[fields[3]] = min(sent, history.ack_sent.get(fields[3], sent))
+        return True
+    if op == "wait":  # wait <outcome> <task> <state> <sent> <returned> <result>
+        record = WaitRecord(
+            int(fields[2]), outcome, fields[3], float(fields[4]), float(fields[5]), fields[6]
+        )
+        history.waits.append(record)
+        history.outcomes[f"wait {outcome}"] += 1
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class StoredTask:
     state: str
     uid: str | None
     lease_token: str | None
+    #: The uids of its parents (``after``), from its payload.
+    parents: tuple[str, ...] = ()
+    #: Its consumers fail it for good: it must end dead, and its dependents cancelled.
+    doomed: bool = False
+    last_error: str | None = None
+    #: The ack's result as stored (JSON text), None when there is none.
+    result: str | None = None
+    queue: str = QUEUE
 
 
 def read_database(db_path: Path) -> dict[int, StoredTask]:
-    """Every task of the torture queue, read through a read-only connection."""
+    """Every task of the torture queue and of the schedules' queue, read through a
+    read-only connection."""
     conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
     try:
         rows = conn.execute(
-            "SELECT id, state, payload, lease_token FROM tasks WHERE queue = ?", (QUEUE,)
+            "SELECT id, state, payload, lease_token, last_error, result, queue FROM tasks "
+            "WHERE queue IN (?, ?)",
+            (QUEUE, TICKS),
         ).fetchall()
     finally:
         conn.close()
     stored = {}
-    for task_id, state, payload, token in rows:
+    for task_id, state, payload, token, last_error, result, queue in rows:
         decoded = json.loads(payload)
-        uid = decoded.get("uid") if isinstance(decoded, dict) else None
-        stored[task_id] = StoredTask(state, uid, token)
+        fields = decoded if isinstance(decoded, dict) else {}
+        stored[task_id] = StoredTask(
+            state,
+            fields.get("uid"),
+            token,
+            parents=tuple(fields.get("after", ())),
+            doomed=fields.get("doom") is True,
+            last_error=last_error,
+            result=result,
+            queue=queue,
+        )
     return stored
+
+
+def expected_ends(stored: dict[int, StoredTask]) -> dict[int, str]:
+    """How each task of the torture queue must end: a doomed task ``dead``, a task with a
+    dead or cancelled parent ``cancelled``, every other one ``succeeded``. A parent is always
+    older than its child (it must exist when the child is enqueued), so one pass in id
+    order sees every parent before its children."""
+    by_uid = {task.uid: task_id for task_id, task in stored.items() if task.uid is not None}
+    ends: dict[int, str] = {}
+    for task_id in sorted(stored):
+        task = stored[task_id]
+        if task.queue != QUEUE:
+            continue
+        parent_ends = [ends.get(by_uid.get(uid, -1), "missing") for uid in task.parents]
+        if task.doomed:
+            ends[task_id] = "dead"
+        elif any(end in ("dead", "cancelled") for end in parent_ends):
+            ends[task_id] = "cancelled"
+        else:
+            ends[task_id] = "succeeded"
+    return ends
 
 
 def examples(items: list[Any], limit: int = 5) -> str:
@@ -144,10 +218,13 @@ def _lease_overlaps(history: History) -> list[str]:
 
     A later claim received before the earlier lease's expiry was made by the broker before
     it, too (same clock). Allowed only when the earlier holder sent a fail or release.
+    Claims are taken in the order the broker made them — by their expiry on the broker's
+    clock, since every claim of a run asks for the same lease — not in the order they were
+    received: a starved consumer may record its claim after the next holder did.
     """
     overlaps = []
     for task_id, leases in history.leases.items():
-        leases.sort()
+        leases.sort(key=lambda lease: (lease[1], lease[0]))
         for (_, expires, token), (received, _, _) in itertools.pairwise(leases):
             if received < expires - 0.001 and token not in history.handed_back:
                 overlaps.append(f"{task_id} ({expires - received:.3f} s early)")
@@ -161,15 +238,16 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
         for task_id, uid in history.enqueued.items()
         if task_id not in stored or stored[task_id].uid != uid
     ]
+    # Doomed tasks and their dependents must not succeed: flows.check_dependencies holds them.
+    ends = expected_ends(stored)
+    to_succeed = [t for t in history.enqueued if ends.get(t, "succeeded") == "succeeded"]
     unfinished = [
         f"{task_id} ({stored[task_id].state})"
-        for task_id in history.enqueued
+        for task_id in to_succeed
         if task_id in stored and stored[task_id].state != "succeeded"
     ]
     succeeded = sum(
-        1
-        for task_id in history.enqueued
-        if task_id in stored and stored[task_id].state == "succeeded"
+        1 for task_id in to_succeed if task_id in stored and stored[task_id].state == "succeeded"
     )
     double_acked = [
         f"{task_id} {tokens}" for task_id, tokens in history.acked.items() if len(tokens) > 1
@@ -184,7 +262,7 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
     tokens = Counter(token for leases in history.leases.values() for _, _, token in leases)
     reused_tokens = [token for token, n in tokens.items() if n > 1]
     overlaps = _lease_overlaps(history)
-    uids = Counter(task.uid for task in stored.values())
+    uids = Counter(task.uid for task in stored.values() if task.uid is not None)
     duplicated = [uid for uid, n in uids.items() if n > 1]
     torn = [
         f"{first} ({sum(uid in uids for uid in batch)} of {len(batch)} stored)"
@@ -202,8 +280,14 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
         ),
         Check(
             "every ok'd enqueue reached succeeded (at-least-once)",
-            succeeded == ok_enqueues,
-            f"{succeeded} of {ok_enqueues} succeeded"
+            succeeded == len(to_succeed),
+            f"{succeeded} of {len(to_succeed)} succeeded"
+            + (
+                f" ({ok_enqueues - len(to_succeed)} doomed or dependent on a doomed task "
+                "are held by the dependency checks)"
+                if len(to_succeed) < ok_enqueues
+                else ""
+            )
             + (f"; not: {examples(unfinished)}" if unfinished else ""),
         ),
         Check(
@@ -242,7 +326,7 @@ def check_history(history: History, stored: dict[int, StoredTask]) -> list[Check
         Check(
             "no enqueue stored twice",
             not duplicated,
-            f"{len(stored)} tasks stored"
+            f"{sum(uids.values())} tasks stored"
             + (f"; twice: {examples(duplicated)}" if duplicated else ""),
         ),
     ]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,10 @@ from durable_tq.client import AsyncClient, ClaimArgs, ClaimedTask, RequestTimeou
 log = logging.getLogger("durable_tq.tools.torture")
 
 QUEUE = "torture"
+#: Where the harness's interval schedules put their tasks (consumers claim from both queues).
+TICKS = "torture-ticks"
+#: The interval schedules the harness registers, name -> every (seconds), ``missed = latest``.
+SCHEDULES: dict[str, float] = {"tick-1s": 1.0, "tick-2s": 2.0}
 HOST = "127.0.0.1"
 #: Attempts per task: more than any crash loop can use, so no task is buried as ``dead``
 #: (a dead task would hide whether at-least-once held).
@@ -40,6 +46,10 @@ TICK = 0.02
 MIN_SERVING = 1.0
 #: Share of broker kills that land while it starts up (recovers the file) instead of serving.
 STARTUP_KILL_SHARE = 0.15
+#: How long a producer's ``wait`` for a result may take, reconnects included.
+WAIT_TIMEOUT = 300.0
+#: ``wait`` requests one producer lane keeps in flight at most.
+WAITS_PER_LANE = 8
 
 Progress = Callable[[str], None]
 
@@ -142,31 +152,137 @@ async def _produce_lane(
 ) -> None:
     rate = args.rate / args.concurrency
     numbers = itertools.count(1)
-    while not stop.is_set():
-        size = 1 if rng.random() >= 0.1 else rng.randint(2, 5)
-        uids = [f"{name}-{next(numbers)}" for _ in range(size)]
-        batch = uids[0] if size > 1 else "-"  # enqueue_many: all of it or nothing
-        tasks = [
-            {"queue": QUEUE, "payload": {"uid": uid, "pad": "x" * rng.randint(0, 200)},
-             "max_attempts": MAX_ATTEMPTS}
-            for uid in uids
-        ]  # fmt: skip
-        try:
-            if size == 1:
-                task_ids = [(await client.request("enqueue", tasks[0]))["task_id"]]
-            else:
-                task_ids = [r.task_id for r in await client.enqueue_many(tasks)]
-        except errors.DurableTQError as exc:
-            outcome = outcome_of(exc)
-            for uid in uids:
-                history.record("enqueue", outcome, "-", uid, batch)
-            if outcome == "unknown":
-                await anyio.sleep(0.05)
+    recent: deque[tuple[int, str]] = deque(maxlen=20)  # (task_id, uid) of ok'd enqueues
+    waits = _LaneWaits()
+    async with anyio.create_task_group() as waiting:
+        while not stop.is_set():
+            plan = _plan(rng, lambda: f"{name}-{next(numbers)}", recent)
+            task_ids = await _send(client, history, plan)
+            if task_ids is not None:
+                recent.extend(zip(task_ids, plan.uids, strict=True))
+                if plan.wait_on is not None and waits.count < WAITS_PER_LANE:
+                    waits.count += 1
+                    waiting.start_soon(_wait_for, client, history, task_ids[plan.wait_on], waits)
+            if rate > 0:
+                await anyio.sleep(rng.expovariate(rate))
+        waiting.cancel_scope.cancel()  # stopping: a wait still parked is not recorded
+
+
+@dataclass
+class _Plan:
+    """One enqueue request of a producer lane: its tasks (wire dicts), their uids, and which
+    of them to ``wait`` for once it is ok'd."""
+
+    tasks: list[dict[str, Any]]
+    uids: list[str]
+    wait_on: int | None = None
+
+
+@dataclass
+class _LaneWaits:
+    count: int = 0
+
+
+def _payload(
+    uid: str, rng: random.Random, parents: list[str] | None = None, *, doom: bool = False
+) -> dict[str, Any]:
+    """A task's payload: its uid, and the uids of its parents (``after``), so the checker
+    knows the dependencies from the database alone; ``doom``: consumers fail it for good."""
+    payload: dict[str, Any] = {"uid": uid, "pad": "x" * rng.randint(0, 200)}
+    if parents:
+        payload["after"] = parents
+    if doom:
+        payload["doom"] = True
+    return payload
+
+
+def _task(payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"queue": QUEUE, "payload": payload, "max_attempts": MAX_ATTEMPTS, **extra}
+
+
+def _plan(rng: random.Random, next_uid: Callable[[], str], recent: deque[tuple[int, str]]) -> _Plan:
+    """What the next request is: mostly a single enqueue, sometimes a batch, a chain or a
+    fan-in (dependencies), a dependent of earlier ok'd tasks, or a delayed task to wait for."""
+    roll = rng.random()
+    if roll < 0.08:
+        return _plan_flow(rng, next_uid)
+    if roll < 0.13 and recent:
+        parents = rng.sample(list(recent), min(len(recent), rng.randint(1, 3)))
+        uid = next_uid()
+        payload = _payload(uid, rng, [parent_uid for _, parent_uid in parents])
+        task = _task(payload, after=[task_id for task_id, _ in parents])
+        return _Plan([task], [uid], wait_on=0 if rng.random() < 0.3 else None)
+    if roll < 0.16:  # runs a while from now: its wait is likely to ride out a broker kill
+        uid = next_uid()
+        task = _task(_payload(uid, rng), delay=round(rng.uniform(0.3, 3.0), 3))
+        return _Plan([task], [uid], wait_on=0)
+    size = 1 if roll >= 0.26 else rng.randint(2, 5)
+    uids = [next_uid() for _ in range(size)]
+    doom = size == 1 and rng.random() < 0.03  # a parent for later dependents to fail on
+    tasks = [_task(_payload(uid, rng, doom=doom)) for uid in uids]
+    return _Plan(tasks, uids, wait_on=0 if rng.random() < 0.03 else None)
+
+
+def _plan_flow(rng: random.Random, next_uid: Callable[[], str]) -> _Plan:
+    """An ``enqueue_many`` whose items name earlier items of the same call as parents: a
+    chain (each after the one before) or a fan-in (the last after all the others). Now and
+    then its first task is doomed, so every task that depends on it must end cancelled."""
+    size = rng.randint(2, 6)
+    uids = [next_uid() for _ in range(size)]
+    chain = rng.random() < 0.5
+    doomed = rng.random() < 0.2
+    tasks = []
+    for index, uid in enumerate(uids):
+        if index == 0:
+            parents = []
+        elif chain:
+            parents = [index - 1]
         else:
-            for task_id, uid in zip(task_ids, uids, strict=True):
-                history.record("enqueue", "ok", task_id, uid, batch)
-        if rate > 0:
-            await anyio.sleep(rng.expovariate(rate))
+            parents = list(range(size - 1)) if index == size - 1 else []
+        payload = _payload(uid, rng, [uids[p] for p in parents], doom=doomed and index == 0)
+        after = {"after": [{"index": p} for p in parents]} if parents else {}
+        tasks.append(_task(payload, **after))
+    return _Plan(tasks, uids, wait_on=size - 1 if rng.random() < 0.5 else None)
+
+
+async def _send(client: AsyncClient, history: HistoryFile, plan: _Plan) -> list[int] | None:
+    """Send the request and record its reply per task; the task ids when it got ok."""
+    uids = plan.uids
+    batch = uids[0] if len(uids) > 1 else "-"  # enqueue_many: all of it or nothing
+    try:
+        if len(uids) == 1:
+            task_ids = [(await client.request("enqueue", plan.tasks[0]))["task_id"]]
+        else:
+            task_ids = [r.task_id for r in await client.enqueue_many(plan.tasks)]
+    except errors.DurableTQError as exc:
+        outcome = outcome_of(exc)
+        for uid in uids:
+            history.record("enqueue", outcome, "-", uid, batch)
+        if outcome == "unknown":
+            await anyio.sleep(0.05)
+        return None
+    for task_id, uid in zip(task_ids, uids, strict=True):
+        history.record("enqueue", "ok", task_id, uid, batch)
+    return task_ids
+
+
+async def _wait_for(
+    client: AsyncClient, history: HistoryFile, task_id: int, waits: _LaneWaits
+) -> None:
+    """``wait`` for a task (the client reconnects and waits again across broker kills) and
+    record what it returned: ``wait <outcome> <task> <state> <sent> <returned> <result>``."""
+    started = f"{time.time():.6f}"
+    try:
+        task = await client.wait(task_id, timeout=WAIT_TIMEOUT)
+    except errors.WaitTimeout:
+        history.record("wait", "timeout", task_id, "-", started, f"{time.time():.6f}", "-")
+    except errors.DurableTQError as exc:
+        history.record("wait", exc.code, task_id, "-", started, f"{time.time():.6f}", "-")
+    else:
+        result = json.dumps(task.result, separators=(",", ":"))
+        history.record("wait", "ok", task_id, task.state, started, f"{time.time():.6f}", result)
+    finally:
+        waits.count -= 1
 
 
 # --- consumer -----------------------------------------------------------------------------------
@@ -175,7 +291,7 @@ async def _produce_lane(
 async def _consume(args: argparse.Namespace) -> None:
     history = HistoryFile(Path(args.log))
     stop = anyio.Event()
-    worker = {"id": args.name, "queues": [QUEUE], "concurrency": 1000}
+    worker = {"id": args.name, "queues": [QUEUE, TICKS], "concurrency": 1000}
 
     def start(client: AsyncClient, tg: anyio.abc.TaskGroup) -> None:
         if not args.settle:
@@ -216,7 +332,7 @@ async def _consume_lane(
 ) -> None:
     while not stop.is_set():
         try:
-            tasks = await client.claim(QUEUE, max=2, wait=0.5, lease=lease)
+            tasks = await client.claim([QUEUE, TICKS], max=2, wait=0.5, lease=lease)
         except errors.DurableTQError:
             await anyio.sleep(0.1)
             continue
@@ -248,6 +364,11 @@ async def _finish(
 ) -> None:
     """Work on a claimed task, then end it one of several ways (mostly ack)."""
     await anyio.sleep(rng.uniform(0.0, 0.01))
+    if _doomed(task):  # fails for good: every task that depends on it must end cancelled
+        history.record("fail", "sent", task.task_id, task.lease_token)
+        doom = client.fail(task.task_id, task.lease_token, "doomed", retry=False)
+        await _record(history, "fail", task, doom)
+        return
     roll = rng.random()
     call: Awaitable[Any]
     if roll < 0.01:  # the worker hangs: the lease runs out and the task comes back
@@ -272,7 +393,19 @@ async def _finish(
         # Recorded before it goes out: if this process is killed before the reply is
         # recorded, the history still shows that the lease may have ended early.
         history.record(op, "sent", task.task_id, task.lease_token)
+    else:
+        _record_ack_sent(history, task.task_id, task.lease_token)
     await _record(history, op, task, call)
+
+
+def _doomed(task: ClaimedTask) -> bool:
+    return isinstance(task.payload, dict) and task.payload.get("doom") is True
+
+
+def _record_ack_sent(history: HistoryFile, task_id: int, token: str) -> None:
+    """When an ack went out: its task cannot have succeeded before (a dependent of it
+    handed out earlier was handed out too soon)."""
+    history.record("ack", "sent", task_id, token, f"{time.time():.6f}")
 
 
 async def _record(history: HistoryFile, op: str, task: ClaimedTask, call: Awaitable[Any]) -> None:
@@ -319,7 +452,9 @@ async def _settle_lane(
             if ending.op in ("fail", "release"):
                 # Before it goes out, as for the single ops: the lease may end early.
                 history.record(ending.op, "sent", ending.item.task_id, ending.item.lease_token)
-        claim = ClaimArgs(queues=[QUEUE], max=rng.randint(1, 4), wait=0.5, lease=lease)
+            elif ending.op == "ack":
+                _record_ack_sent(history, ending.item.task_id, ending.item.lease_token)
+        claim = ClaimArgs(queues=[QUEUE, TICKS], max=rng.randint(1, 4), wait=0.5, lease=lease)
         try:
             reply = await client.settle([e.item for e in endings], claim=claim)
         except errors.DurableTQError as exc:
@@ -355,8 +490,10 @@ async def _plan_ending(
 ) -> list[_Ending]:
     """Work on a claimed task; how its lease ends in the next settle (mostly an ack)."""
     await anyio.sleep(rng.uniform(0.0, 0.01))
-    roll = rng.random()
     task_id, token = task.task_id, task.lease_token
+    if _doomed(task):
+        return [_Ending("fail", Settlement.fail(task_id, token, "doomed", retry=False))]
+    roll = rng.random()
     if roll < 0.01:
         history.record("abandon", "-", task_id, token)
         return []

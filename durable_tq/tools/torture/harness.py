@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,22 @@ from durable_tq.tools.torture.children import (
     HOST,
     MIN_SERVING,
     QUEUE,
+    SCHEDULES,
     STARTUP_KILL_SHARE,
     STOP_TIMEOUT,
     TICK,
+    TICKS,
     Progress,
+)
+from durable_tq.tools.torture.flows import (
+    PROBE_INTERVAL,
+    BrokerLife,
+    Probe,
+    check_dependencies,
+    check_schedules,
+    check_waits,
+    kill_times,
+    read_schedules,
 )
 from durable_tq.wire.schema import PROTOCOL_VERSION
 
@@ -134,8 +147,11 @@ def integrity_check(db_path: Path) -> str:
     return "; ".join(str(row[0]) for row in rows[:10])
 
 
-def broker_stats(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
-    """``stats`` over a fresh raw connection; None when the broker does not answer."""
+def broker_request(
+    port: int, op: str, arguments: dict[str, Any] | None = None, timeout: float = 2.0
+) -> dict[str, Any] | None:
+    """One request over a fresh raw connection; its ok reply, None when there is none."""
+    request = json.dumps({"id": 2, "op": op, **(arguments or {})}).encode()
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -144,20 +160,58 @@ def broker_stats(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
                     b'{"id":1,"op":"hello","version":%d,"client":"torture-probe"}\n'
                     % PROTOCOL_VERSION
                 )
-                stream.write(b'{"id":2,"op":"stats"}\n{"id":3,"op":"bye"}\n')
+                stream.write(request + b'\n{"id":3,"op":"bye"}\n')
                 stream.flush()
                 replies = [json.loads(stream.readline()) for _ in range(2)]
     except (OSError, ValueError):
         return None
-    stats = replies[1]
-    if not isinstance(stats, dict) or stats.get("ok") is not True:
+    reply = replies[1]
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
         return None
-    return stats
+    return reply
+
+
+def broker_stats(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    """``stats`` over a fresh raw connection; None when the broker does not answer."""
+    return broker_request(port, "stats", timeout=timeout)
 
 
 def live_tasks(stats: dict[str, Any]) -> int:
     counts = stats.get("queues", {}).get(QUEUE, {})
-    return sum(int(counts.get(state, 0)) for state in ("scheduled", "queued", "leased"))
+    live = ("waiting", "scheduled", "queued", "leased")
+    return sum(int(counts.get(state, 0)) for state in live)
+
+
+#: Where the prober's writes go (never claimed).
+PROBES = "torture-probe"
+
+
+class Prober:
+    """A durable write (an enqueue) every PROBE_INTERVAL s, one at a time, from a thread, and
+    when each was answered: where the broker was seen working (flows.responsive)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.probes: list[Probe] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="torture prober", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop it (if it runs) and wait for the write in flight."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.time()
+            args = {"queue": PROBES, "payload": len(self.probes)}
+            reply = broker_request(self.port, "enqueue", args, timeout=2.0)
+            self.probes.append(Probe(sent, time.time() if reply is not None else None))
+            self._stop.wait(PROBE_INTERVAL)
 
 
 class _Child:
@@ -228,6 +282,8 @@ class _Tally:
     drained: bool = False
     drain_seconds: float = 0.0
     final_stop: str = "not reached"
+    #: Every broker process: when it started, first answered, and ended.
+    lives: list[BrokerLife] = field(default_factory=list)
 
 
 class _Torture:
@@ -243,6 +299,7 @@ class _Torture:
         self.db_path = workdir / "torture.db"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
         self.tally = _Tally()
+        self.prober = Prober(self.port)
         self.broker = self._broker()
         self.broker_ready = False
         self.broker_restarted = False
@@ -295,6 +352,7 @@ class _Torture:
         return _Child(name, command, self.env, self.workdir)
 
     def _start_broker(self, *, restart: bool = True) -> None:
+        self.tally.lives.append(BrokerLife(started=time.time()))
         self.broker.start()
         self.broker_ready = False
         self.broker_restarted = restart
@@ -304,6 +362,7 @@ class _Torture:
         """Note when a (re)started broker first answers; restart it if it died by itself."""
         code = self.broker.died_on_its_own()
         if code is not None:
+            self._broker_ended("died")
             self.tally.unexpected_exits.append(f"broker exited with {code}")
             self.say(f"broker exited on its own with code {code}; restarting")
             self._check_file("after the broker exited")
@@ -312,6 +371,7 @@ class _Torture:
         if self.broker_ready:
             return
         if broker_stats(self.port, timeout=2.0) is not None:
+            self.tally.lives[-1].ready = time.time()
             self.broker_ready = True
             if self.broker_restarted:
                 self.tally.recoveries.append(time.monotonic() - self.broker.started_at)
@@ -320,6 +380,7 @@ class _Torture:
         elif time.monotonic() - self.broker.started_at > self.config.start_timeout:
             self.tally.unexpected_exits.append("broker did not answer within start_timeout")
             self.say("broker does not answer; killing and restarting it")
+            self._broker_ended("killed")
             self.broker.kill()
             self._check_file("after a broker that did not answer")
             self._start_broker()
@@ -342,6 +403,14 @@ class _Torture:
         generation = int(old.name.rsplit("-g", 1)[1]) + 1
         self.consumers[index] = self._consumer(index, generation)
         self.consumers[index].start()
+
+    def _register_schedules(self) -> None:
+        """Interval schedules into TICKS; consumers claim their tasks with the others, so a
+        slot fired twice would show as a second task (a live one would hide it)."""
+        for name, every in SCHEDULES.items():
+            spec = {"name": name, "queue": TICKS, "every": every, "missed": "latest"}
+            if broker_request(self.port, "schedule_upsert", spec, timeout=10.0) is None:
+                self.tally.unexpected_exits.append(f"schedule {name} could not be registered")
 
     def _check_file(self, when: str) -> None:
         result = integrity_check(self.db_path)
@@ -370,7 +439,12 @@ class _Torture:
         mean_gap = max(MIN_SERVING, (self.chaos_end - now) / left - recovery)
         self.next_broker_kill = now + self.rng.uniform(0.1, 2 * mean_gap)
 
+    def _broker_ended(self, how: str) -> None:
+        life = self.tally.lives[-1]
+        life.ended, life.how = time.time(), how
+
     def _kill_broker(self) -> None:
+        self._broker_ended("killed")  # before the kill: it surely served until now
         self.broker.kill()
         self.tally.broker_kills += 1
         state = "serving" if self.broker_ready else "starting up"
@@ -412,6 +486,8 @@ class _Torture:
         config = self.config
         self._start_broker(restart=False)
         self._await_broker()
+        self._register_schedules()
+        self.prober.start()
         for child in [*self.producers, *self.consumers]:
             child.start()
         self._await_load()
@@ -465,6 +541,8 @@ class _Torture:
         self.tally.drain_seconds = time.monotonic() - began
         for child in self.consumers:
             self._stop_child(child)
+        self.prober.stop()
+        self._broker_ended("stopped")
         code = self.broker.stop()
         self.tally.final_stop = "clean (exit 0)" if code == 0 else f"exit code {code}"
         self._check_file("after the final stop")
@@ -476,6 +554,7 @@ class _Torture:
             self.tally.unexpected_exits.append(f"{child.name} did not stop cleanly ({code})")
 
     def kill_everything(self) -> None:
+        self.prober.stop()
         for child in [self.broker, *self.producers, *self.consumers]:
             if child.running:
                 child.kill()
@@ -515,7 +594,12 @@ def _counts(tally: _Tally, history: History, stored: dict[int, StoredTask]) -> d
         "enqueues refused (error reply)": sum(
             n for k, n in outcomes.items() if k.startswith("enqueue ") and k not in known
         ),
-        "tasks stored": len(stored),
+        "tasks stored": sum(1 for task in stored.values() if task.queue == QUEUE),
+        "dependents stored (after)": sum(1 for task in stored.values() if task.parents),
+        "doomed tasks stored (failed for good)": sum(1 for task in stored.values() if task.doomed),
+        "dependents cancelled": sum(
+            1 for task in stored.values() if task.parents and task.state == "cancelled"
+        ),
         "claims": history.claims,
         "redeliveries (attempt > 1)": history.redeliveries,
         "acks ok": outcomes["ack ok"],
@@ -557,14 +641,29 @@ def run_torture(config: TortureConfig, progress: Progress | None = None) -> Tort
         run.drain()
     finally:
         run.kill_everything()
+    lives, probes = run.tally.lives, run.prober.probes
+    (workdir / "broker.lives").write_text("".join(life.to_json() + "\n" for life in lives))
+    (workdir / "broker.probes").write_text(
+        "".join(f"{p.sent:.6f} {'-' if p.answered is None else f'{p.answered:.6f}'}\n"
+                for p in probes)
+    )  # fmt: skip
     history = read_history(workdir)
     try:
         stored = read_database(run.db_path)
+        schedules, firings = read_schedules(run.db_path)
     except sqlite3.Error as exc:
-        stored = {}
+        stored, schedules, firings = {}, {}, []
         run.tally.integrity.append(f"final read failed: {exc}")
-    checks = [*check_history(history, stored), *_process_checks(run.tally)]
-    counts = _counts(run.tally, history, stored)
+    wait_check, wait_counts = check_waits(history, stored, kill_times(lives))
+    schedule_checks, schedule_counts = check_schedules(schedules, firings, lives, probes)
+    checks = [
+        *check_history(history, stored),
+        *check_dependencies(history, stored),
+        wait_check,
+        *schedule_checks,
+        *_process_checks(run.tally),
+    ]
+    counts = {**_counts(run.tally, history, stored), **wait_counts, **schedule_counts}
     counts["wall s"] = round(time.monotonic() - began, 1)
     settings = {
         "duration": config.duration,
