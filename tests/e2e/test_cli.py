@@ -142,8 +142,10 @@ def test_stats_watch_prints_one_line_per_refresh(url: str, client: Client) -> No
 
 def test_stats_shows_waiting_tasks_wide_stacked_and_watched(url: str, client: Client) -> None:
     parent = client.enqueue("chain", {"step": 1}).task_id
-    client.enqueue("chain", {"step": 2}, after=[parent])  # held: waiting for its parent
+    child = client.enqueue("chain", {"step": 2}, after=[parent]).task_id  # held by its parent
     client.enqueue("another-queue-with-a-long-name", 1)
+    waiting = ok_json("tasks", "list", "--state", "waiting", "--url", url)["tasks"]
+    assert [task["task_id"] for task in waiting] == [child]
 
     wide = ok("stats", "--url", url, env={"COLUMNS": "200"}).stdout.splitlines()
     header = next(line for line in wide if "Queued" in line).split()

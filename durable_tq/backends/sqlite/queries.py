@@ -4,7 +4,7 @@
 TASK_COLUMNS = (
     "id, queue, state, payload, priority, attempts, max_attempts, run_at, created_at,"
     " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at,"
-    " progress, progress_message, cancel_requested, result_ttl, expires_at"
+    " progress, progress_message, cancel_requested, result_ttl, expires_at, concurrency_key"
 )
 
 # --- enqueue ----------------------------------------------------------------------------------
