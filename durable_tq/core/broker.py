@@ -228,7 +228,8 @@ class Broker:
         self._waits_ended = False
         self.store.before_commit = self._resolve_finished
         self.store.after_commit = self._after_finish
-        #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics).
+        #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics); dead
+        #: counts every task buried, by a worker's fail or by the sweeper (attempts ran out).
         self.counters: Counter[str] = Counter()
 
     async def __aenter__(self) -> Broker:
@@ -1233,10 +1234,13 @@ class Broker:
             conn.execute(queries.SET_EXPIRY, {"ids": json.dumps(expiring), "retention": retention})
 
     def _after_finish(self, batch: Batch) -> None:
-        """After the COMMIT that finished tasks: wake their waits, and claims for the
-        dependents that became ready."""
+        """After the COMMIT that finished tasks: count the deaths (whatever buried them: a
+        fail, the sweeper, a disconnect), wake their waits, and claims for the dependents that
+        became ready."""
         waiters = self.task_waiters
-        for task_id, _ in batch.done:
+        for task_id, state in batch.done:
+            if state == TaskState.DEAD:
+                self.counters["dead"] += 1
             events = waiters.get(task_id)
             if events:
                 for event in events:
@@ -1526,8 +1530,6 @@ class Broker:
                 self.counters["succeeded"] += 1
                 continue
             self.counters["failed"] += 1
-            if state == TaskState.DEAD:
-                self.counters["dead"] += 1
 
 
 #: ``Batch.finished`` state of a task whose row was deleted (purge, expiry).

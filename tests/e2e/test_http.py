@@ -442,6 +442,32 @@ async def test_metrics_match_stats(http_broker: HttpBroker) -> None:
         assert samples[("durable_tq_process_open_fds", ())] > 0
 
 
+async def test_dead_total_counts_deaths_by_lease_expiry(http_broker: HttpBroker) -> None:
+    """The sweeper burying a task whose lease ran out on its last attempt is a death like a
+    worker's final fail; a lease running out with attempts left, or on a revoked task, is not."""
+    async with http_broker() as (server, http), tcp_client(server) as tcp:
+        last_try = (await tcp.enqueue("x", 1, max_attempts=1)).task_id
+        retried = (await tcp.enqueue("x", 2, max_attempts=2)).task_id
+        revoked = (await tcp.enqueue("x", 3, max_attempts=1)).task_id
+        failed = (await tcp.enqueue("x", 4, max_attempts=1)).task_id
+        leases = {task.task_id: task for task in await tcp.claim(["x"], max=4, lease=0.2)}
+        assert sorted(leases) == sorted([last_try, retried, revoked, failed])
+        assert await tcp.cancel(revoked) == "cancelling"
+        await tcp.fail(failed, leases[failed].lease_token, "boom", retry=False)
+        # Nobody renews the other three: the sweeper ends them when their leases run out.
+        assert (await tcp.wait(last_try, timeout=30)).last_error == "lease expired"
+        assert (await tcp.wait(revoked, timeout=30)).state == "cancelled"
+        with anyio.fail_after(30):
+            while (await tcp.get(retried)).state != "queued":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+
+        samples = _samples((await http.get("/metrics")).text)
+        stats = (await http.get("/v1/stats")).json()
+        assert stats["queues"]["x"]["dead"] == 2
+        assert samples[("durable_tq_tasks_dead_total", ())] == 2
+        assert samples[("durable_tq_tasks_failed_total", ())] == 1  # only the worker's fail
+
+
 # --- as a process -------------------------------------------------------------------------------
 
 
