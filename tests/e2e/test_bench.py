@@ -83,3 +83,24 @@ def test_unknown_scenario_is_a_usage_error() -> None:
 def test_bad_synchronous_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["bench", "--synchronous", "OFF", "--quick"])
     assert result.exit_code == 2
+
+
+@pytest.mark.timeout(QUICK_RUN_LIMIT + 30)
+def test_claim_scaling_compares_the_key_index(tmp_path: Path) -> None:
+    """benchmarks/claim_scaling.py (through the claim-scaling scenario, tiny with --quick):
+    the empty and the big table, and the big one again without tasks_ready_by_key; a
+    key-limited claim phase on each; no statement scans the tasks table."""
+    done = _run_bench(tmp_path, "--scenario", "claim-scaling")
+    assert done.returncode == 0, done.stderr[-4000:]
+    scaling = json.loads(done.stdout)["claim_scaling"]
+    assert list(scaling["scenarios"]) == ["empty", "5,000 rows", "5,000 rows, no key index"]
+    for label, scenario in scaling["scenarios"].items():
+        phases = {m["name"]: m for m in scenario["measurements"]}
+        keyed = next(m for name, m in phases.items() if "key-limited" in name)
+        assert keyed["tasks"] == 200 and keyed["sql_calls"] > 0, label
+    assert scaling["full_scans"] == []
+    assert set(scaling["plans_no_key_index"]) == {
+        "READY_KEYS", "READY_OF_KEY", "READY_UNKEYED", "LEASED_BY_KEY"
+    }  # fmt: skip
+    assert "tasks_ready_by_key" in "".join(scaling["plans"]["READY_KEYS"])
+    assert "tasks_ready_by_key" not in "".join(scaling["plans_no_key_index"]["READY_KEYS"])

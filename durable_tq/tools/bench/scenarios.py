@@ -280,7 +280,7 @@ def latency(bench: Bench) -> None:
 
 def claim_scaling_script() -> Path | None:
     """``benchmarks/claim_scaling.py`` of a source checkout, if this is one."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         script = root / "benchmarks" / "claim_scaling.py"
         if script.is_file():
             return script
@@ -300,7 +300,7 @@ def claim_scaling(bench: Bench) -> None:
     args = list(bench.options.claim_scaling_args)
     if bench.options.quick and not args:
         args = ["--rows", "5000", "--claims", "200", "--enqueues", "200",
-                "--sequential-enqueues", "50", "--sweeps", "10"]  # fmt: skip
+                "--sequential-enqueues", "50", "--sweeps", "10", "--key-tasks", "1000"]  # fmt: skip
     command = [sys.executable, str(script), "--synchronous", bench.options.synchronous,
                "--json", *args]  # fmt: skip
     with bench.progress_task("claim-scaling · benchmarks/claim_scaling.py", 1) as advance:
