@@ -66,6 +66,7 @@ async def test_grpc_uses_the_brokers_certificate(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await pb_grpc.DurableTQStub(plain).Stats(pb.StatsRequest(), timeout=LIMIT)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "failed to connect" in (refused.value.details() or "")
 
         # TLS, but trusting another CA: the certificate is refused, the call never arrives.
         stranger = grpc.ssl_channel_credentials(root_certificates=trustme.CA().cert_pem.bytes())
@@ -73,6 +74,7 @@ async def test_grpc_uses_the_brokers_certificate(
             with pytest.raises(grpc.aio.AioRpcError) as distrusted:
                 await pb_grpc.DurableTQStub(untrusting).Stats(pb.StatsRequest(), timeout=LIMIT)
         assert distrusted.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "CERTIFICATE_VERIFY_FAILED" in (distrusted.value.details() or "")
         assert (await server.broker.stats())["queues"]["tls"]["queued"] == 1  # nothing else came
 
 
