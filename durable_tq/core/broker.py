@@ -23,7 +23,7 @@ from durable_tq.backends.sqlite import queries
 from durable_tq.backends.sqlite.reads import read_stats, read_task_page, task_from_row
 from durable_tq.backends.sqlite.store import Batch, Store
 from durable_tq.config import Settings
-from durable_tq.core import limits, scheduler
+from durable_tq.core import latency, limits, scheduler
 from durable_tq.core.clock import BrokerTime, Clock
 from durable_tq.core.waiters import Waiters
 from durable_tq.wire import schema
@@ -231,6 +231,9 @@ class Broker:
         #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics); dead
         #: counts every task buried, by a worker's fail or by the sweeper (attempts ran out).
         self.counters: Counter[str] = Counter()
+        #: enqueue -> claim and claim -> ack histograms (for /metrics), from the timestamps
+        #: the claim's and the ack's UPDATEs return.
+        self.latency = latency.Latencies()
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -724,8 +727,10 @@ class Broker:
             params["ids"] = json.dumps([c[0] for c in candidates[:limit]])
             rows = conn.execute(queries.LEASE_IDS, params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[0]))
+        waited = self.latency.enqueue_to_claim.observe
         for row in rows:
             batch.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
+            waited(now - row[7])
         return [
             {
                 "task_id": r[0],
@@ -791,6 +796,8 @@ class Broker:
         row = conn.execute(queries.ACK, (result, now, now, task_id, token, now)).fetchone()
         if row is None:
             raise self._lease_lost_or_missing(conn, task_id)
+        if row[1] is not None:  # None: leased before schema version 5
+            self.latency.claim_to_ack.observe(now - row[1])
         batch.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
         batch.finished(task_id, TaskState.SUCCEEDED)
         return TaskState.SUCCEEDED, None, row[0]
