@@ -59,6 +59,8 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
                 assert variant["commits"] > 0, where  # the broker's stats carry its counters
                 assert variant["broker_rss_peak_mb"] > 0, where
 
+    # gRPC beside TCP: Enqueue one at a time and 64 in flight, the Work stream twice.
+    assert len(report["scenarios"]["grpc"]) == 4
     assert report["limits"]["single_row_commits_per_second"] > 0
     assert report["broker"]["rss_peak_mb"] > 0
     assert report["broker"]["exit_code"] == 0  # the broker it started stopped cleanly
