@@ -7,7 +7,14 @@ Then the same measurements run against both tables through :class:`durable_tq.co
 
 - enqueue, issued concurrently (group commit batches them) and one after another;
 - claim + ack, one task per claim, 32 per claim, and 32 per claim across several queues;
+- claim + ack on a key-limited queue (``key_concurrency`` 1) where one key is saturated with
+  ``--key-tasks`` ready tasks (100,000 on the big table) and 20 other keys have room;
 - sweeps with nothing to do, and ``stats`` reads.
+
+Unless ``--skip-key-index-comparison``, a third database, a copy of the big one without the
+index ``tasks_ready_by_key`` (the one key-limited claims walk), runs the same phases, its
+key-limited claims reading the table without the index: what the index saves those claims,
+and what keeping it costs every enqueue and claim.
 
 Both brokers stay open and every phase runs in ``--rounds`` rounds, alternating between the two
 tables, so that load from elsewhere on the machine hits both alike. Besides the wall-clock rates
@@ -18,7 +25,8 @@ the big table, and exits with status 1 if one of them scans the tasks table.
 
     python benchmarks/claim_scaling.py --rows 1000000 --claims 5000 [--json results.json]
 
-Results and how to read them: docs/benchmarks.md, "Claim cost vs. table size".
+Results and how to read them: docs/benchmarks.md, "Claim cost vs. table size" and "The key
+index: what it saves, what it costs".
 """
 
 from __future__ import annotations
@@ -45,10 +53,9 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from durable_tq import protocol
 from durable_tq.backends.sqlite import queries
 from durable_tq.config import Settings, load_settings
-from durable_tq.core.broker import Broker, Session
+from durable_tq.core.broker import Broker, Session, TaskSpec
 from durable_tq.core.sweeper import sweep_once
 
 CLAIM_QUEUE = "bench"
@@ -60,6 +67,18 @@ WARM_UP_QUEUE = "warm-up"
 FILL_CHUNK = 200_000
 TOP_UP_CHUNK = 5_000
 PAYLOAD_PAD = "x" * 80  # payloads of about 100 bytes, like a small real task
+# The key-limited queue: one saturated key ("hot", its one allowed lease held all run long)
+# with --key-tasks ready tasks behind it, and OTHER_KEYS keys with room.
+KEY_QUEUE = "keyed"
+HOT_KEY = "hot"
+OTHER_KEYS = 20
+HOT_TASKS_ON_EMPTY = 10  # the empty table's hot key: saturated too, with little behind it
+HOT_LEASE = 86400.0  # max_lease: the hot key's lease outlives the run (no sweeper runs here)
+KEY_INDEX = "tasks_ready_by_key"
+# The statements that name KEY_INDEX (INDEXED BY): run without the hint on a database that
+# lacks the index.
+KEY_INDEX_QUERIES = ("READY_OF_KEY", "READY_UNKEYED")
+NO_KEY_INDEX = "no key index"  # the label's suffix for the copy without KEY_INDEX
 
 # The statements whose plans show whether claims and sweeps stay on their partial indexes.
 PLANNED = {
@@ -79,6 +98,10 @@ PLANNED = {
     "SWEEP_FORGOTTEN_WORKERS": {"cutoff": 0.0},
     "NEXT_DUE": (),
     "NEXT_EXPIRY": (),
+    "READY_KEYS": {"queue": KEY_QUEUE},
+    "READY_OF_KEY": (KEY_QUEUE, HOT_KEY, BATCH),
+    "READY_UNKEYED": (KEY_QUEUE, BATCH),
+    "LEASED_BY_KEY": (KEY_QUEUE,),
 }
 
 
@@ -178,8 +201,12 @@ async def timed_phase(phase: Phase, broker: Broker, timer: SqlTimer) -> Measurem
     )
 
 
-def enqueue_request(queue: str, n: int) -> protocol.Enqueue:
-    return protocol.Enqueue(queue=queue, payload={"n": n, "pad": PAYLOAD_PAD})
+def payload(n: int) -> str:
+    return json.dumps({"n": n, "pad": PAYLOAD_PAD})
+
+
+def enqueue_request(queue: str, n: int, key: str | None = None) -> TaskSpec:
+    return TaskSpec(queue=queue, payload=payload(n), concurrency_key=key)
 
 
 async def enqueue_concurrently(
@@ -187,7 +214,7 @@ async def enqueue_concurrently(
 ) -> int:
     async def one(n: int) -> None:
         start = time.perf_counter()
-        await broker.enqueue(enqueue_request(queue, n))
+        await broker.enqueue(queue, payload(n))
         latencies.append(time.perf_counter() - start)
 
     async with anyio.create_task_group() as tg:
@@ -199,7 +226,7 @@ async def enqueue_concurrently(
 async def enqueue_sequentially(broker: Broker, count: int, latencies: list[float]) -> int:
     for n in range(count):
         start = time.perf_counter()
-        await broker.enqueue(enqueue_request(CLAIM_QUEUE, n))
+        await broker.enqueue(CLAIM_QUEUE, payload(n))
         latencies.append(time.perf_counter() - start)
     return count
 
@@ -208,7 +235,7 @@ async def ack_all(broker: Broker, tasks: list[dict[str, Any]]) -> None:
     """Ack every task concurrently, so the acks share a group commit."""
 
     async def one(task: dict[str, Any]) -> None:
-        await broker.ack(protocol.Ack(task_id=task["task_id"], lease_token=task["lease_token"]))
+        await broker.ack(task["task_id"], task["lease_token"])
 
     if len(tasks) == 1:
         await one(tasks[0])
@@ -226,9 +253,7 @@ async def claim_and_ack(
     done = 0
     while done < count:
         start = time.perf_counter()
-        reply = await broker.claim(
-            protocol.Claim(queues=queues, max=min(per_claim, count - done)), session
-        )
+        reply = await broker.claim(queues, min(per_claim, count - done), session=session)
         latencies.append(time.perf_counter() - start)
         tasks = reply["tasks"]
         if not tasks:
@@ -260,7 +285,7 @@ async def stats_repeatedly(broker: Broker, count: int, latencies: list[float]) -
 async def ready_count(broker: Broker, queue: str) -> int:
     stats = await broker.stats()
     entry = stats["queues"].get(queue)
-    return 0 if entry is None else int(entry[protocol.TaskState.QUEUED])
+    return 0 if entry is None else int(entry["queued"])
 
 
 async def top_up(broker: Broker, queue: str, wanted: int) -> None:
@@ -268,10 +293,48 @@ async def top_up(broker: Broker, queue: str, wanted: int) -> None:
     missing = wanted - await ready_count(broker, queue)
     while missing > 0:
         chunk = min(missing, TOP_UP_CHUNK)
-        await broker.enqueue_many(
-            protocol.EnqueueMany(tasks=[enqueue_request(queue, n) for n in range(chunk)])
-        )
+        await broker.enqueue_many([enqueue_request(queue, n) for n in range(chunk)])
         missing -= chunk
+
+
+async def saturate_key(broker: Broker, keyed_tasks: int) -> None:
+    """``KEY_QUEUE`` limited to 1 lease per key, its hot key's one lease taken and held (not
+    timed). Run while only hot tasks are ready there, so the claim takes one of them."""
+    await broker.set_queue_limits(KEY_QUEUE, key_concurrency=1)
+    if await ready_count(broker, KEY_QUEUE) == 0:  # the empty table: a few hot tasks
+        hot = [enqueue_request(KEY_QUEUE, n, HOT_KEY) for n in range(HOT_TASKS_ON_EMPTY)]
+        await broker.enqueue_many(hot)
+    held = await broker.claim([KEY_QUEUE], 1, lease=HOT_LEASE, session=Session(greeted=True))
+    if len(held["tasks"]) != 1:
+        raise RuntimeError(f"could not lease a task of the hot key in {KEY_QUEUE}")
+    # Work for the other keys, round robin, enough for every key-limited phase of the run.
+    for start in range(0, keyed_tasks, TOP_UP_CHUNK):
+        chunk = range(start, min(start + TOP_UP_CHUNK, keyed_tasks))
+        await broker.enqueue_many(
+            [enqueue_request(KEY_QUEUE, n, f"k{n % OTHER_KEYS}") for n in chunk]
+        )
+
+
+@contextlib.contextmanager
+def key_index_hints(present: bool) -> Iterator[None]:
+    """With ``present`` false, the statements that name ``KEY_INDEX`` lose the hint while the
+    block runs (``INDEXED BY`` an index that is not there is an error): SQLite then plans
+    them as it can without it. The broker reads ``queries.X`` at each call, and the phases
+    of the databases run one after another, so the swap affects only the block."""
+    if present:
+        yield
+        return
+    saved = {name: getattr(queries, name) for name in KEY_INDEX_QUERIES}
+    try:
+        for name, sql in saved.items():
+            hint = f"INDEXED BY {KEY_INDEX}"
+            if hint not in sql:
+                raise RuntimeError(f"queries.{name} no longer says {hint}; update the benchmark")
+            setattr(queries, name, sql.replace(hint, ""))
+        yield
+    finally:
+        for name, sql in saved.items():
+            setattr(queries, name, sql)
 
 
 @dataclass(frozen=True)
@@ -305,6 +368,10 @@ def plan_phases(args: argparse.Namespace) -> list[Phase]:
             f"claim+ack, max={BATCH}, {len(QUEUES)} queues",
             lambda b, lat: claim_and_ack(b, list(QUEUES), BATCH, claims, lat),
         ),
+        Phase(
+            f"claim+ack, max={BATCH}, key-limited (1 key saturated, {OTHER_KEYS} with room)",
+            lambda b, lat: claim_and_ack(b, [KEY_QUEUE], BATCH, claims, lat),
+        ),
         Phase("sweep, nothing due", lambda b, lat: sweep_repeatedly(b, sweeps, lat)),
         Phase("stats read", lambda b, lat: stats_repeatedly(b, sweeps, lat)),
     ]
@@ -320,15 +387,19 @@ async def warm_up(broker: Broker, args: argparse.Namespace) -> None:
     await top_up(broker, CLAIM_QUEUE, 3 * claims)
     for queue in OTHER_QUEUES:
         await top_up(broker, queue, claims)
+    await saturate_key(broker, claims)
 
 
 async def measure(
-    settings_by_label: dict[str, Settings], args: argparse.Namespace, console: Console
+    settings_by_label: dict[str, Settings],
+    args: argparse.Namespace,
+    console: Console,
+    without_key_index: frozenset[str] = frozenset(),
 ) -> dict[str, list[Measurement]]:
     """Every phase against every database, interleaved round by round.
 
-    Both brokers stay open and each phase runs on one database right after the other (in
-    alternating order), so a change in the machine's load during the run hits both alike.
+    All brokers stay open and each phase runs on one database right after the other (in
+    alternating order), so a change in the machine's load during the run hits all alike.
     """
     phases = plan_phases(args)
     results = {label: [Measurement(p.name, 0, 0.0) for p in phases] for label in settings_by_label}
@@ -336,14 +407,17 @@ async def measure(
         brokers: dict[str, tuple[Broker, SqlTimer]] = {}
         for label, settings in settings_by_label.items():
             broker = await stack.enter_async_context(Broker(settings))
-            await warm_up(broker, args)
+            with key_index_hints(label not in without_key_index):
+                await warm_up(broker, args)
             brokers[label] = (broker, SqlTimer(broker))
         order = list(brokers)
         for round_number in range(1, args.rounds + 1):
             for index, phase in enumerate(phases):
                 for label in order:
                     broker, timer = brokers[label]
-                    results[label][index].add(await timed_phase(phase, broker, timer))
+                    with key_index_hints(label not in without_key_index):
+                        measured = await timed_phase(phase, broker, timer)
+                    results[label][index].add(measured)
             order.reverse()
             console.log(f"round {round_number}/{args.rounds} done")
     return results
@@ -391,8 +465,20 @@ def fill_rows(
         )
 
 
-def fill_table(db_path: Path, rows: int, finished_fraction: float, seed: int) -> float:
-    """Append ``rows`` tasks in large transactions; returns the seconds it took."""
+def hot_key_rows(count: int, now: float) -> Iterator[tuple[Any, ...]]:
+    """``count`` ready tasks of ``KEY_QUEUE`` on the hot key, in the order of fill_rows."""
+    created = now - 86400.0
+    for n in range(count):
+        payload_text = json.dumps({"n": n, "pad": PAYLOAD_PAD})
+        yield (KEY_QUEUE, "queued", payload_text, 0, 5, 30.0, created, created, created,
+               None, HOT_KEY, None)  # fmt: skip
+
+
+def fill_table(
+    db_path: Path, rows: int, finished_fraction: float, seed: int, hot_tasks: int = 0
+) -> float:
+    """Append ``rows`` tasks in large transactions, then ``hot_tasks`` ready tasks on the hot
+    key of ``KEY_QUEUE``; returns the seconds it took."""
     columns = fill_columns()
     sql = f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     rng = random.Random(seed)
@@ -411,7 +497,12 @@ def fill_table(db_path: Path, rows: int, finished_fraction: float, seed: int) ->
             conn.executemany(sql, (next(generator) for _ in range(chunk)))
             conn.execute("COMMIT")
             rows_left -= chunk
-        conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in QUEUES])
+        conn.execute("BEGIN")
+        conn.executemany(sql, hot_key_rows(hot_tasks, now))
+        conn.execute("COMMIT")
+        conn.executemany(
+            "INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in (*QUEUES, KEY_QUEUE)]
+        )
         # The broker's writer keeps queue_counts; rows written behind its back are counted here.
         conn.execute("DELETE FROM queue_counts")
         conn.execute(
@@ -507,18 +598,35 @@ async def prepare(db_path: Path, args: argparse.Namespace, rows: int) -> dict[st
     info: dict[str, Any] = {"fill_seconds": 0.0}
     if rows:
         seconds = await anyio.to_thread.run_sync(
-            fill_table, db_path, rows, args.finished_fraction, args.seed
+            fill_table, db_path, rows, args.finished_fraction, args.seed, args.key_tasks
         )
         info["fill_seconds"] = round(seconds, 2)
     info["before"] = await anyio.to_thread.run_sync(table_shape, db_path)
     return info
 
 
-def inspect_database(db_path: Path) -> dict[str, Any]:
+def copy_without_key_index(source: Path, target: Path) -> dict[str, Any]:
+    """``target``: a copy of ``source`` (closed) without ``KEY_INDEX``."""
+    remove_database(target)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target, isolation_level=None)
+    try:
+        src.backup(dst)
+        dst.execute(f"DROP INDEX {KEY_INDEX}")
+        dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        src.close()
+        dst.close()
+    return {"fill_seconds": 0.0, "before": table_shape(target), "copy_of": str(source)}
+
+
+def inspect_database(db_path: Path, key_index: bool = True) -> dict[str, Any]:
     """Size, query plans and partial indexes of a database after its measurements."""
+    with key_index_hints(key_index):
+        plans = query_plans(db_path)
     return {
         "db_bytes": db_path.stat().st_size,
-        "plans": query_plans(db_path),
+        "plans": plans,
         "partial_indexes": partial_indexes(db_path),
     }
 
@@ -528,20 +636,36 @@ async def run(args: argparse.Namespace, folder: Path, console: Console) -> dict[
     report["args"]["db"] = str(folder)
     scenarios: dict[str, dict[str, Any]] = {}
     paths: dict[str, Path] = {}
-    for label, rows in (("empty", 0), (f"{args.rows:,} rows", args.rows)):
+    big = f"{args.rows:,} rows"
+    for label, rows in (("empty", 0), (big, args.rows)):
         paths[label] = folder / f"claim_scaling_{rows}.db"
         console.log(f"[bold]{label}[/]: preparing {paths[label]}")
         scenarios[label] = await prepare(paths[label], args, rows)
         if rows:
             info = scenarios[label]
             console.log(f"filled {rows:,} rows in {info['fill_seconds']} s: {info['before']}")
+    without_key_index: frozenset[str] = frozenset()
+    if not args.skip_key_index_comparison:
+        label = f"{big}, {NO_KEY_INDEX}"
+        paths[label] = folder / f"claim_scaling_{args.rows}_no_key_index.db"
+        console.log(f"[bold]{label}[/]: copying {paths[big]}")
+        scenarios[label] = await anyio.to_thread.run_sync(
+            copy_without_key_index, paths[big], paths[label]
+        )
+        without_key_index = frozenset({label})
     settings = {label: settings_for(path, args) for label, path in paths.items()}
-    measured = await measure(settings, args, console)
+    measured = await measure(settings, args, console, without_key_index)
     for label, path in paths.items():
-        inspected = await anyio.to_thread.run_sync(inspect_database, path)
+        key_index = label not in without_key_index
+        inspected = await anyio.to_thread.run_sync(inspect_database, path, key_index)
         scenarios[label]["db_bytes"] = inspected.pop("db_bytes")
         scenarios[label]["measurements"] = [m.summary() for m in measured[label]]
-        report.update(inspected)  # the last one wins: plans on the big table
+        if label == big:
+            report.update(inspected)  # plans and indexes on the big table
+        elif not key_index:
+            report[f"plans_{NO_KEY_INDEX.replace(' ', '_')}"] = {
+                name: steps for name, steps in inspected["plans"].items() if "KEY" in name
+            }
     report["scenarios"] = scenarios
     report["full_scans"] = full_scans(report["plans"])
     return report
@@ -572,15 +696,14 @@ def cost_ratio(empty: dict[str, Any], big: dict[str, Any]) -> float | None:
     return None
 
 
-def render(report: dict[str, Any], console: Console) -> None:
-    labels = list(report["scenarios"])
+def comparison_table(report: dict[str, Any], labels: list[str], title: str) -> Table:
+    """Every phase on two databases side by side, and the ratios second / first."""
     base, big = (report["scenarios"][label]["measurements"] for label in labels)
     table = Table(
-        title=f"Claim and enqueue cost: empty table vs. {labels[1]} "
-        f"(synchronous={report['args']['synchronous']})",
+        title=f"{title} (synchronous={report['args']['synchronous']})",
         caption="tasks/s and latency are wall clock per call, commit included; SQL is the "
         "broker's statements for the call on the database thread, without the commit. "
-        "cost x = time per task (per call for sweep/stats) on the big table / on the empty one; "
+        f"cost x = time per task (per call for sweep/stats) on {labels[1]} / on {labels[0]}; "
         "SQL x = the same for the SQL p50.",
     )
     table.add_column("phase")
@@ -601,7 +724,18 @@ def render(report: dict[str, Any], console: Console) -> None:
         sql_ratio = b["sql_p50_us"] / a["sql_p50_us"] if a["sql_calls"] else None
         cells.append(_fmt(sql_ratio, ".2f"))
         table.add_row(*cells)
-    console.print(table)
+    return table
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    labels = list(report["scenarios"])
+    console.print(
+        comparison_table(report, labels[:2], f"Claim and enqueue cost: empty table vs. {labels[1]}")
+    )
+    if len(labels) > 2:
+        console.print(
+            comparison_table(report, labels[1:3], f"The index {KEY_INDEX}: with it vs. without it")
+        )
 
     shapes = Table(title="Tables before the measurements")
     shapes.add_column("table")
@@ -622,6 +756,13 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"[cyan]{name}[/]")
         for step in steps:
             console.print(f"    {step}", markup=False, highlight=False)
+    without = report.get(f"plans_{NO_KEY_INDEX.replace(' ', '_')}")
+    if without:
+        console.print(f"[bold]The key-limited claim's statements without {KEY_INDEX}[/]")
+        for name, steps in without.items():
+            console.print(f"[cyan]{name}[/]")
+            for step in steps:
+                console.print(f"    {step}", markup=False, highlight=False)
     scans = report["full_scans"]
     console.print(
         f"[red]full table scans: {', '.join(scans)}[/]"
@@ -658,6 +799,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--claims", type=positive, default=5000, help="tasks claimed and acked in each claim phase"
+    )
+    parser.add_argument(
+        "--key-tasks",
+        type=positive,
+        default=100_000,
+        help="ready tasks on the saturated key of the big table's key-limited queue",
+    )
+    parser.add_argument(
+        "--skip-key-index-comparison",
+        action="store_true",
+        help=f"do not measure a copy of the big table without {KEY_INDEX}",
     )
     parser.add_argument(
         "--enqueues",

@@ -358,6 +358,7 @@ def local_time(moment: float) -> str:
 
 
 STATE_STYLES = {
+    "waiting": "bright_blue",
     "scheduled": "blue",
     "queued": "cyan",
     "leased": "yellow",

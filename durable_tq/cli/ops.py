@@ -55,7 +55,13 @@ COUNT_STATES = [state.value for state in TaskState]
 def _count_cell(state: str, count: int) -> Text:
     if count == 0:
         return Text("0", style="dim")
-    style = {"dead": "bold red", "queued": "cyan", "leased": "yellow", "scheduled": "blue"}
+    style = {
+        "dead": "bold red",
+        "queued": "cyan",
+        "leased": "yellow",
+        "scheduled": "blue",
+        "waiting": "bright_blue",
+    }
     return Text(f"{count:,}", style=style.get(state, ""))
 
 
@@ -88,6 +94,12 @@ def _totals(queues: dict[str, dict[str, Any]]) -> dict[str, int]:
     return {state: sum(int(q.get(state, 0)) for q in queues.values()) for state in COUNT_STATES}
 
 
+def _shown_states(totals: dict[str, int]) -> list[str]:
+    """Every state, but ``waiting`` (tasks held by their parents) only when some task waits:
+    most brokers never use dependencies, and an always-zero column costs width."""
+    return [s for s in COUNT_STATES if s != TaskState.WAITING or totals[s]]
+
+
 def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
     table = Table(
         title=f"Queues — {source}",
@@ -98,8 +110,7 @@ def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
         footer_style="bold",
     )
     totals = _totals(queues)
-    # ``waiting`` (tasks held by their parents) gets a column only when some task waits.
-    states = [s for s in COUNT_STATES if s != TaskState.WAITING or totals[s]]
+    states = _shown_states(totals)
     table.add_column("Queue", footer="total", no_wrap=True)
     for state in states:
         table.add_column(
@@ -121,14 +132,17 @@ def _queues_table(queues: dict[str, dict[str, Any]], source: str) -> Table:
 
 
 #: The stacked layout's two lines of counts: tasks still to run, then finished ones.
-_STACKED_LINES = (("queued", "scheduled", "leased"), ("succeeded", "dead", "cancelled"))
+_STACKED_LINES = (
+    ("waiting", "queued", "scheduled", "leased"),
+    ("succeeded", "dead", "cancelled"),
+)
 
 
-def _counts_line(counts: dict[str, Any]) -> list[Text]:
+def _counts_line(counts: dict[str, Any], shown: list[str]) -> list[Text]:
     lines = []
     for states in _STACKED_LINES:
         line = Text("  ")
-        for index, state in enumerate(states):
+        for index, state in enumerate(s for s in states if s in shown):
             if index:
                 line.append(" · ", style="dim")
             line.append(f"{state} ")
@@ -140,6 +154,8 @@ def _counts_line(counts: dict[str, Any]) -> list[Text]:
 def _queues_stacked(queues: dict[str, dict[str, Any]], source: str) -> RenderableType:
     """One block per queue: name, status and age on a line, the counts on two lines under it."""
     parts: list[RenderableType] = [Text(f"Queues — {source}", style="italic"), Text("")]
+    totals = _totals(queues)
+    shown = _shown_states(totals)
     for name in sorted(queues):
         counts = queues[name]
         head = Text(name, style="bold")
@@ -148,9 +164,9 @@ def _queues_stacked(queues: dict[str, dict[str, Any]], source: str) -> Renderabl
         age = counts.get("oldest_queued_age")
         if age is not None:
             head.append(f"  oldest ready {human_duration(age)}")
-        parts += [head, *_counts_line(counts)]
+        parts += [head, *_counts_line(counts, shown)]
     if len(queues) > 1:
-        parts += [Text("total", style="bold"), *_counts_line(dict(_totals(queues)))]
+        parts += [Text("total", style="bold"), *_counts_line(dict(totals), shown)]
     parts.append(Text(""))
     return Group(*parts)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +16,10 @@ from durable_tq.cli._common import fail, handles_errors
 from durable_tq.servers import tcp as server
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: What the gRPC listener imports, all from the grpc extra (grpcio, grpcio-health-checking,
+#: grpcio-reflection, grpcio-status, protobuf).
+GRPC_MODULES = ("grpc", "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection",
+                "grpc_status", "google.protobuf")  # fmt: skip
 
 
 @app.command()
@@ -82,11 +86,14 @@ def serve(
         http_port=http_port,
         grpc=grpc,
     )
-    if settings.grpc_address is not None and importlib.util.find_spec("grpc_health") is None:
-        fail(
-            "the gRPC API needs the grpc extra: pip install 'durable_tq[grpc]'",
-            EXIT_OPERATION_ERROR,
-        )
+    if settings.grpc_address is not None:
+        missing = _missing_grpc_module()
+        if missing is not None:
+            fail(
+                f"the gRPC API needs the grpc extra ({missing} cannot be imported): "
+                "pip install 'durable_tq[grpc]'",
+                EXIT_OPERATION_ERROR,
+            )
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
     database = settings.database
 
@@ -105,6 +112,18 @@ def serve(
         raise
     except errors.DurableTQError as exc:  # storage failed while opening the database
         fail(f"cannot run the broker: {exc.message}", EXIT_OPERATION_ERROR)
+
+
+def _missing_grpc_module() -> str | None:
+    """The first module of the grpc extra that cannot be imported, or None. Imported, not just
+    looked up: a package present but broken (or half installed) fails here, in one line,
+    rather than as a traceback once the broker is starting."""
+    for name in GRPC_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return name
+    return None
 
 
 def _http_address(value: str | None) -> tuple[str | None, int | None]:

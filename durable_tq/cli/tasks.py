@@ -66,6 +66,7 @@ app.add_typer(tasks_app, name="tasks", rich_help_panel="Inspect")
 
 
 class StateChoice(StrEnum):
+    waiting = "waiting"
     scheduled = "scheduled"
     queued = "queued"
     leased = "leased"
@@ -114,6 +115,10 @@ def tasks_table(page: dict[str, Any], source: str) -> RenderableType:
     table.add_column("Pri", justify="right", no_wrap=True, min_width=3)
     table.add_column("Tries", justify="right", no_wrap=True, min_width=5)
     table.add_column("When", no_wrap=True, min_width=10)
+    # Only a page with keyed tasks (a queue with key_concurrency) spends width on the key.
+    keys_shown = any(task.get("concurrency_key") is not None for task in tasks)
+    if keys_shown:
+        table.add_column("Key", no_wrap=True, max_width=24, overflow="ellipsis")
     # Payload and error give way when the terminal is narrow: their columns may shrink (the
     # cells themselves stay one line, cut with an ellipsis).
     table.add_column("Payload", max_width=60)
@@ -128,8 +133,11 @@ def tasks_table(page: dict[str, Any], source: str) -> RenderableType:
             str(task.get("priority", 0)),
             f"{task.get('attempts', 0)}/{task.get('max_attempts', '?')}",
             _due(task, now),
-            _one_line(compact_json(task.get("payload"))),
         ]
+        if keys_shown:
+            key = task.get("concurrency_key")
+            cells.append(Text("—", style="dim") if key is None else Text(str(key)))
+        cells.append(_one_line(compact_json(task.get("payload"))))
         if errors_shown:
             cells.append(_one_line(str(task.get("last_error") or "")))
         table.add_row(*cells)
@@ -208,6 +216,8 @@ def task_panel(task: dict[str, Any]) -> RenderableType:
     grid.add_row("Attempts", f"{task.get('attempts', 0)} of {task.get('max_attempts', '?')}")
     if task.get("unique_key") is not None:
         grid.add_row("Unique key", str(task["unique_key"]))
+    if task.get("concurrency_key") is not None:
+        grid.add_row("Concurrency key", str(task["concurrency_key"]))
     if task.get("worker_id") is not None:
         grid.add_row("Worker", str(task["worker_id"]))
     grid.add_row("Created", _moment(task.get("created_at"), now))

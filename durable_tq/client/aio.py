@@ -29,6 +29,7 @@ from durable_tq.client.types import (
     ClientOptions,
     EnqueueRequest,
     EnqueueResult,
+    ExtendReply,
     FailResult,
     HeartbeatReply,
     QueueSettings,
@@ -442,9 +443,22 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> float:
         """Set the lease to ``lease`` seconds from now; returns the new ``lease_expires_at``."""
-        args = {"task_id": task_id, "lease_token": lease_token, "lease": lease}
-        reply: s.ExtendReply = await self._call("extend", args, timeout)
+        reply = await self.extend_reply(task_id, lease_token, lease, timeout=timeout)
         return reply.lease_expires_at
+
+    async def extend_reply(
+        self,
+        task_id: int,
+        lease_token: str,
+        lease: float,
+        *,
+        timeout: float | None = None,
+    ) -> ExtendReply:
+        """``extend``, with the whole reply: ``lease_expires_at`` and ``cancel`` (True when
+        the task's cancel was requested: its holder should stop it)."""
+        args = {"task_id": task_id, "lease_token": lease_token, "lease": lease}
+        reply: ExtendReply = await self._call("extend", args, timeout)
+        return reply
 
     async def heartbeat(self, *, timeout: float | None = None) -> str:
         """For a registered worker: returns ``running``, ``quiet`` or ``terminate``."""

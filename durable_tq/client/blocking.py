@@ -22,6 +22,7 @@ from durable_tq.client.types import (
     ClientOptions,
     EnqueueRequest,
     EnqueueResult,
+    ExtendReply,
     FailResult,
     HeartbeatReply,
     QueueSettings,
@@ -260,6 +261,11 @@ class Client:
         self, task_id: int, lease_token: str, lease: float, *, timeout: float | None = None
     ) -> float:
         return self._call(self._async.extend, task_id, lease_token, lease, timeout=timeout)
+
+    def extend_reply(
+        self, task_id: int, lease_token: str, lease: float, *, timeout: float | None = None
+    ) -> ExtendReply:
+        return self._call(self._async.extend_reply, task_id, lease_token, lease, timeout=timeout)
 
     def heartbeat(self, *, timeout: float | None = None) -> str:
         return self._call(self._async.heartbeat, timeout=timeout)

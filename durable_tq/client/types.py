@@ -18,6 +18,7 @@ __all__ = [
     "ClientOptions",
     "EnqueueRequest",
     "EnqueueResult",
+    "ExtendReply",
     "FailResult",
     "HeartbeatReply",
     "QueueSettings",
@@ -45,6 +46,9 @@ __all__ = [
 EnqueueResult = s.EnqueueReply
 #: A task handed to this client by ``claim`` or ``settle``; finish it with ack/fail/release.
 ClaimedTask = s.LeasedTask
+#: An extend's reply: the new ``lease_expires_at``, and ``cancel`` (the task's cancel was
+#: requested: stop it).
+ExtendReply = s.ExtendReply
 #: A heartbeat's reply: the worker's ``state``, and ``cancel`` (its tasks to stop).
 HeartbeatReply = s.HeartbeatReply
 #: A queue's defaults: ``queue``, ``result_ttl``.

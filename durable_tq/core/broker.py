@@ -22,7 +22,7 @@ from durable_tq import backends, backoff, errors
 from durable_tq.backends.sqlite.reads import read_stats, read_task_page, task_from_row
 from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
-from durable_tq.core import limits, scheduler
+from durable_tq.core import latency, limits, scheduler
 from durable_tq.core.clock import BrokerTime, Clock
 from durable_tq.core.waiters import Waiters
 from durable_tq.wire import schema
@@ -236,8 +236,12 @@ class Broker:
         self._waits_ended = False
         self.store.before_commit = self._resolve_finished
         self.store.after_commit = self._after_finish
-        #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics).
+        #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics); dead
+        #: counts every task buried, by a worker's fail or by the sweeper (attempts ran out).
         self.counters: Counter[str] = Counter()
+        #: enqueue -> claim and claim -> ack histograms (for /metrics), from the timestamps
+        #: the claim's and the ack's UPDATEs return.
+        self.latency = latency.Latencies()
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -764,8 +768,10 @@ class Broker:
             params["ids"] = json.dumps([c[0] for c in candidates[:limit]])
             rows = conn.execute(self.sql.LEASE_IDS, params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[0]))
+        waited = self.latency.enqueue_to_claim.observe
         for row in rows:
             batch.moved(row[1], TaskState.QUEUED, TaskState.LEASED)
+            waited(now - row[7])
         return [
             {
                 "task_id": r[0],
@@ -833,6 +839,8 @@ class Broker:
         row = conn.execute(self.sql.ACK, (result, now, now, task_id, token, now)).fetchone()
         if row is None:
             raise self._lease_lost_or_missing(conn, task_id)
+        if row[1] is not None:  # None: leased before schema version 5
+            self.latency.claim_to_ack.observe(now - row[1])
         batch.moved(row[0], TaskState.LEASED, TaskState.SUCCEEDED)
         batch.finished(task_id, TaskState.SUCCEEDED)
         return TaskState.SUCCEEDED, None, row[0]
@@ -1275,10 +1283,13 @@ class Broker:
             conn.execute(self.sql.SET_EXPIRY, {"ids": json.dumps(expiring), "retention": retention})
 
     def _after_finish(self, batch: Batch) -> None:
-        """After the COMMIT that finished tasks: wake their waits, and claims for the
-        dependents that became ready."""
+        """After the COMMIT that finished tasks: count the deaths (whatever buried them: a
+        fail, the sweeper, a disconnect), wake their waits, and claims for the dependents that
+        became ready."""
         waiters = self.task_waiters
-        for task_id, _ in batch.done:
+        for task_id, state in batch.done:
+            if state == TaskState.DEAD:
+                self.counters["dead"] += 1
             events = waiters.get(task_id)
             if events:
                 for event in events:
@@ -1568,8 +1579,6 @@ class Broker:
                 self.counters["succeeded"] += 1
                 continue
             self.counters["failed"] += 1
-            if state == TaskState.DEAD:
-                self.counters["dead"] += 1
 
 
 def queue_change(sql: str, params: Any, queue: str) -> Any:

@@ -36,6 +36,8 @@ class SweepResult:
     ready: Counter[str] = field(default_factory=Counter)
     expired: int = 0
     dead: int = 0
+    #: Leases that ran out on a task whose cancel was requested (revoked, worker gone).
+    cancelled: int = 0
     due: int = 0
     deleted: int = 0
     next_due: float = math.inf
@@ -57,7 +59,10 @@ def sweep_once(
             result.ready[queue] += 1
             result.expired += 1
         else:  # dead, or cancelled (its cancel had been requested)
-            result.dead += 1
+            if state == TaskState.DEAD:
+                result.dead += 1
+            else:
+                result.cancelled += 1
             batch.finished(task_id, state)
     for (queue,) in conn.execute(sql.SWEEP_DUE, {"now": now}):
         moved(queue, TaskState.SCHEDULED, TaskState.QUEUED)
@@ -114,11 +119,13 @@ class Sweeper:
         # Due schedules fire in their own transaction (each slot with its task, exactly once).
         await scheduler.fire_schedules(broker, now)
         self.sweeps += 1
-        if result.expired or result.dead or result.due or result.deleted:
+        if result.expired or result.dead or result.cancelled or result.due or result.deleted:
             log.info(
-                "sweep: %d leases expired, %d tasks dead, %d scheduled now due, %d deleted",
+                "sweep: %d leases expired, %d tasks dead, %d cancelled, %d scheduled now due, "
+                "%d deleted",
                 result.expired,
                 result.dead,
+                result.cancelled,
                 result.due,
                 result.deleted,
             )

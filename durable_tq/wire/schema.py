@@ -523,6 +523,8 @@ class TaskInfo(Reply):
     cancel_requested: bool = False
     result_ttl: float | None = None
     expires_at: float | None = None
+    #: The key a queue's ``key_concurrency`` limit counts this task under (additive).
+    concurrency_key: str | None = None
 
 
 class WaitReply(Reply):

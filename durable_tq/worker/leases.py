@@ -3,9 +3,13 @@
 The broker hands a task out again when its lease expires, so a task that runs longer than its
 lease must renew it. Each lease is renewed when ``renew_fraction`` of it has passed (half, by
 default), for as long as the worker holds it: while the handler runs and while its outcome is
-being sent. Renewal times use this machine's monotonic clock; only the first lease length is
-read off the broker's ``lease_expires_at`` (when the worker was not given ``lease``), so keep
-clocks in step or pass ``lease`` explicitly.
+being sent. A renewal's reply also says whether the task's cancel was requested (a revoke of a
+running task): the keeper passes that on at once (``on_cancel``), so a worker learns of a
+revoke through its lease renewals as well as through its heartbeats.
+
+Renewal times use this machine's monotonic clock; only the first lease length is read off the
+broker's ``lease_expires_at`` (when the worker was not given ``lease``), so keep clocks in step
+or pass ``lease`` explicitly.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -68,13 +73,17 @@ class LeaseKeeper:
         lease: float | None = None,
         renew_fraction: float = 0.5,
         request_timeout: float = 30.0,
+        on_cancel: Callable[[Lease], None] | None = None,
     ) -> None:
+        """``on_cancel(lease)``: the broker said this task's cancel was requested (called
+        once per lease; without it the lease is only marked ``cancel_requested``)."""
         if not 0 < renew_fraction < 1:
             raise errors.ConfigError("renew_fraction must be between 0 and 1")
         self._client = client
         self._lease = lease
         self._renew_fraction = renew_fraction
         self._request_timeout = request_timeout
+        self._on_cancel = on_cancel
         self._leases: dict[int, Lease] = {}
         self._changed = anyio.Event()
         #: When the run loop wakes next by itself: a lease due later needs no wake-up.
@@ -109,7 +118,8 @@ class LeaseKeeper:
     async def extend(self, lease: Lease, seconds: float) -> bool:
         """Ask the broker for ``seconds`` more from now; True when it agreed.
 
-        A lost lease or an unreachable broker is logged and gives False; nothing is raised,
+        When the reply says the task's cancel was requested, ``on_cancel`` hears of it. A lost
+        lease or an unreachable broker is logged and gives False; nothing is raised,
         so handlers calling ``ctx.extend`` never see broker trouble as an exception.
         """
         if lease.lost or lease.dropped:
@@ -117,7 +127,7 @@ class LeaseKeeper:
         task = lease.task
         limit = min(self._request_timeout, max(seconds / 2, 1.0))
         try:
-            expires_at = await self._client.extend(
+            reply = await self._client.extend_reply(
                 task.task_id, task.lease_token, seconds, timeout=limit
             )
         except (errors.LeaseLost, errors.NotFound) as exc:
@@ -134,11 +144,16 @@ class LeaseKeeper:
         except (errors.ConnectionLost, RequestTimeout) as exc:
             logger.info("%s: could not extend the lease yet: %s", lease.about, exc)
             return False
-        lease.expires_at = expires_at
+        lease.expires_at = reply.lease_expires_at
         lease.length = seconds
         lease.renew_at = anyio.current_time() + seconds * self._renew_fraction
         self._changed.set()
         logger.debug("%s: lease extended by %.3g s", lease.about, seconds)
+        if reply.cancel and not lease.cancel_requested:
+            if self._on_cancel is None:
+                lease.cancel_requested = True
+            else:
+                self._on_cancel(lease)
         return True
 
     async def run(self) -> None:

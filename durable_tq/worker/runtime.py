@@ -125,6 +125,7 @@ class Runtime:
             lease=config.lease,
             renew_fraction=config.renew_fraction,
             request_timeout=config.request_timeout,
+            on_cancel=lambda lease: self._revoke([lease.task.task_id]),
         )
         self.settler = Settler(
             client,
@@ -268,15 +269,17 @@ class Runtime:
         self._revoke(reply.cancel)
 
     def _revoke(self, task_ids: list[int]) -> None:
-        """The broker asked for these tasks to be cancelled: stop their handlers. An async
-        handler is cancelled at once; a sync one sees ``ctx.cancelled`` (cooperative)."""
+        """The broker asked for these tasks to be cancelled (in a heartbeat's, a settle's, an
+        extend's or a progress report's reply): stop their handlers. An async handler is
+        cancelled at once; a sync one sees ``ctx.cancelled`` (cooperative); a prefetched task
+        not started yet never starts."""
         for task_id in task_ids:
             running = self.running.get(task_id)
             if running is None or running.lease.cancel_requested:
                 continue
             running.lease.cancel_requested = True
             logger.info("%s: cancel requested; stopping its handler", running.lease.about)
-            if running.task.is_async and not running.settling:
+            if (running.task.is_async or not running.started) and not running.settling:
                 running.revoked = True
                 running.scope.cancel()
 

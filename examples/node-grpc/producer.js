@@ -5,7 +5,7 @@
 const { connect, unary } = require("./durable_tq");
 
 async function main() {
-  const [address = "127.0.0.1:7481", queue = "node", count = "3"] = process.argv.slice(2);
+  const [address = "127.0.0.1:7482", queue = "node", count = "3"] = process.argv.slice(2);
   const { client, metadata } = connect(address);
   const taskIds = [];
   for (let n = 0; n < Number(count); n++) {

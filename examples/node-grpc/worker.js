@@ -19,7 +19,7 @@ function run(task) {
 }
 
 async function main() {
-  const [address = "127.0.0.1:7481", queue = "node", count = "10", concurrency = "8"] =
+  const [address = "127.0.0.1:7482", queue = "node", count = "10", concurrency = "8"] =
     process.argv.slice(2);
   const wanted = Number(count);
   const slots = Number(concurrency);

@@ -31,7 +31,8 @@ CREATE TABLE tasks (
     waiting_on       integer NOT NULL DEFAULT 0,
     on_parent_failure text   NOT NULL DEFAULT 'cancel'
                          CHECK (on_parent_failure IN ('cancel', 'run')),
-    concurrency_key  text
+    concurrency_key  text,
+    leased_at        double precision  -- when the current lease began (claim -> ack histogram)
 );
 
 -- Claims: the best ready task of a queue is the first row of this index; FOR UPDATE SKIP

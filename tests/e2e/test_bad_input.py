@@ -260,6 +260,9 @@ def _nested(depth: int, kind: str) -> bytes:
 @EXAMPLES
 @given(data=st.binary(max_size=3000), hello=st.booleans())
 def test_random_bytes(wire: Wire, data: bytes, hello: bool) -> None:
+    # Hypothesis also draws constants found in the source, such as '{"id":3,"op":"bye"}'
+    # (tools/torture): a valid bye ends the connection with an ok reply, as it should.
+    assume(b'"bye"' not in data)
     assert_answered_or_closed(wire.exchange(data, hello=hello))
     wire.assert_healthy()
 

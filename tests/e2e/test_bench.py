@@ -59,6 +59,8 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
                 assert variant["commits"] > 0, where  # the broker's stats carry its counters
                 assert variant["broker_rss_peak_mb"] > 0, where
 
+    # gRPC beside TCP: Enqueue one at a time and 64 in flight, the Work stream twice.
+    assert len(report["scenarios"]["grpc"]) == 4
     assert report["limits"]["single_row_commits_per_second"] > 0
     assert report["broker"]["rss_peak_mb"] > 0
     assert report["broker"]["exit_code"] == 0  # the broker it started stopped cleanly
@@ -83,3 +85,24 @@ def test_unknown_scenario_is_a_usage_error() -> None:
 def test_bad_synchronous_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["bench", "--synchronous", "OFF", "--quick"])
     assert result.exit_code == 2
+
+
+@pytest.mark.timeout(QUICK_RUN_LIMIT + 30)
+def test_claim_scaling_compares_the_key_index(tmp_path: Path) -> None:
+    """benchmarks/claim_scaling.py (through the claim-scaling scenario, tiny with --quick):
+    the empty and the big table, and the big one again without tasks_ready_by_key; a
+    key-limited claim phase on each; no statement scans the tasks table."""
+    done = _run_bench(tmp_path, "--scenario", "claim-scaling")
+    assert done.returncode == 0, done.stderr[-4000:]
+    scaling = json.loads(done.stdout)["claim_scaling"]
+    assert list(scaling["scenarios"]) == ["empty", "5,000 rows", "5,000 rows, no key index"]
+    for label, scenario in scaling["scenarios"].items():
+        phases = {m["name"]: m for m in scenario["measurements"]}
+        keyed = next(m for name, m in phases.items() if "key-limited" in name)
+        assert keyed["tasks"] == 200 and keyed["sql_calls"] > 0, label
+    assert scaling["full_scans"] == []
+    assert set(scaling["plans_no_key_index"]) == {
+        "READY_KEYS", "READY_OF_KEY", "READY_UNKEYED", "LEASED_BY_KEY"
+    }  # fmt: skip
+    assert "tasks_ready_by_key" in "".join(scaling["plans"]["READY_KEYS"])
+    assert "tasks_ready_by_key" not in "".join(scaling["plans_no_key_index"]["READY_KEYS"])

@@ -140,6 +140,31 @@ def test_stats_watch_prints_one_line_per_refresh(url: str, client: Client) -> No
     assert "every 0.05s" in table
 
 
+def test_stats_shows_waiting_tasks_wide_stacked_and_watched(url: str, client: Client) -> None:
+    parent = client.enqueue("chain", {"step": 1}).task_id
+    child = client.enqueue("chain", {"step": 2}, after=[parent]).task_id  # held by its parent
+    client.enqueue("another-queue-with-a-long-name", 1)
+    waiting = ok_json("tasks", "list", "--state", "waiting", "--url", url)["tasks"]
+    assert [task["task_id"] for task in waiting] == [child]
+
+    wide = ok("stats", "--url", url, env={"COLUMNS": "200"}).stdout.splitlines()
+    header = next(line for line in wide if "Queued" in line).split()
+    assert header[:4] == ["Queue", "Waiting", "Scheduled", "Queued"]
+    assert next(line for line in wide if "chain" in line).split()[:4] == ["chain", "1", "0", "1"]
+
+    # Too narrow for the table: stacked, once and under --watch (plain frames into a pipe).
+    for command in (["stats"], ["stats", "--watch", "0.05", "--count", "2"]):
+        lines = ok(*command, "--url", url, env={"COLUMNS": "50"}).stdout.splitlines()
+        assert all(len(line) <= 50 for line in lines)
+        chain = [n for n, line in enumerate(lines) if line.startswith("chain ")]
+        total = [n for n, line in enumerate(lines) if line == "total"]
+        assert len(chain) == len(total) == (2 if "--watch" in command else 1)
+        for n in chain:
+            assert lines[n + 1].strip() == "waiting 1 · queued 1 · scheduled 0 · leased 0"
+        for n in total:
+            assert lines[n + 1].strip() == "waiting 1 · queued 2 · scheduled 0 · leased 0"
+
+
 def test_tasks_list_filters_and_pages(url: str, client: Client) -> None:
     ids = [client.enqueue("a", {"n": n}).task_id for n in range(5)]
     client.enqueue("b", {"n": 99})

@@ -17,6 +17,8 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from durable_tq import AsyncClient
+from durable_tq.client import Settlement
+from durable_tq.core.clock import FakeClock
 from durable_tq.servers.http import openapi
 from durable_tq.servers.http.app import STATUS
 from durable_tq.servers.http.routes import ROUTES, UNROUTED
@@ -440,6 +442,64 @@ async def test_metrics_match_stats(http_broker: HttpBroker) -> None:
         assert samples[("durable_tq_commit_duration_seconds_count", ())] >= 1
         assert samples[("durable_tq_process_resident_memory_bytes", ())] > 0
         assert samples[("durable_tq_process_open_fds", ())] > 0
+
+
+async def test_dead_total_counts_deaths_by_lease_expiry(http_broker: HttpBroker) -> None:
+    """The sweeper burying a task whose lease ran out on its last attempt is a death like a
+    worker's final fail; a lease running out with attempts left, or on a revoked task, is not."""
+    async with http_broker() as (server, http), tcp_client(server) as tcp:
+        last_try = (await tcp.enqueue("x", 1, max_attempts=1)).task_id
+        retried = (await tcp.enqueue("x", 2, max_attempts=2)).task_id
+        revoked = (await tcp.enqueue("x", 3, max_attempts=1)).task_id
+        failed = (await tcp.enqueue("x", 4, max_attempts=1)).task_id
+        leases = {task.task_id: task for task in await tcp.claim(["x"], max=4, lease=0.2)}
+        assert sorted(leases) == sorted([last_try, retried, revoked, failed])
+        assert await tcp.cancel(revoked) == "cancelling"
+        await tcp.fail(failed, leases[failed].lease_token, "boom", retry=False)
+        # Nobody renews the other three: the sweeper ends them when their leases run out.
+        assert (await tcp.wait(last_try, timeout=30)).last_error == "lease expired"
+        assert (await tcp.wait(revoked, timeout=30)).state == "cancelled"
+        with anyio.fail_after(30):
+            while (await tcp.get(retried)).state != "queued":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+
+        samples = _samples((await http.get("/metrics")).text)
+        stats = (await http.get("/v1/stats")).json()
+        assert stats["queues"]["x"]["dead"] == 2
+        assert samples[("durable_tq_tasks_dead_total", ())] == 2
+        assert samples[("durable_tq_tasks_failed_total", ())] == 1  # only the worker's fail
+
+
+async def test_latency_histograms_come_from_the_brokers_timestamps(
+    make_settings: Callable[..., Any],
+) -> None:
+    """enqueue -> claim is the claim's time minus the task's run_at, claim -> ack the ack's
+    time minus the claim's: with a clock the test moves, each lands in a known bucket."""
+    clock = FakeClock()
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(BrokerServer(make_settings(), clock=clock).serve)
+        async with tcp_client(server) as tcp, httpx.AsyncClient(base_url=server.http.url) as http:
+            await tcp.enqueue("lat", 1)
+            await tcp.enqueue("lat", 2)
+            clock.advance(2.0)
+            first, second = await tcp.claim(["lat"], max=2)
+            clock.advance(7.0)
+            await tcp.ack(first.task_id, first.lease_token)
+            await tcp.settle([Settlement.ack(second.task_id, second.lease_token)])
+            samples = _samples((await http.get("/metrics")).text)
+        server.request_shutdown()
+
+    def bucket(name: str, le: str) -> float:
+        return samples[(f"durable_tq_{name}_seconds_bucket", (("le", le),))]
+
+    assert samples[("durable_tq_enqueue_to_claim_seconds_count", ())] == 2
+    assert samples[("durable_tq_enqueue_to_claim_seconds_sum", ())] == 4.0
+    assert (bucket("enqueue_to_claim", "1.0"), bucket("enqueue_to_claim", "2.5")) == (0, 2)
+    # Acked one by one and inside a settle: both are claim -> ack.
+    assert samples[("durable_tq_claim_to_ack_seconds_count", ())] == 2
+    assert samples[("durable_tq_claim_to_ack_seconds_sum", ())] == 14.0
+    assert (bucket("claim_to_ack", "5.0"), bucket("claim_to_ack", "10.0")) == (0, 2)
+    assert bucket("claim_to_ack", "+Inf") == 2
 
 
 # --- as a process -------------------------------------------------------------------------------

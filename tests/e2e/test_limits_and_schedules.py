@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from collections import Counter
 from typing import Any
 
 import anyio
+import grpc.aio
+import httpx
 import pytest
 
 from durable_tq import Worker
 from durable_tq.client import AsyncClient
+from durable_tq.servers.grpc import durable_tq_pb2 as pb
+from durable_tq.servers.grpc import durable_tq_pb2_grpc as pb_grpc
 from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -154,3 +161,59 @@ async def test_periodic_worker_registers_its_schedule_once(server: BrokerServer)
         tasks = (await client.request("list", queue="ticks"))["tasks"]
         keys = [t["unique_key"] for t in tasks]
         assert len(keys) == len(set(keys))
+
+
+async def test_concurrency_key_is_shown_by_get_and_list_on_every_face(
+    make_server: Any,
+) -> None:
+    """``concurrency_key`` in the task info: TCP client, CLI (JSON and text), HTTP, gRPC."""
+    async with (
+        make_server(grpc="127.0.0.1:0") as server,
+        AsyncClient.from_url(server.url) as client,
+    ):
+        keyed = (await client.enqueue("tenants", 1, concurrency_key="tenant-7")).task_id
+        plain = (await client.enqueue("tenants", 2)).task_id
+
+        assert (await client.get(keyed)).concurrency_key == "tenant-7"
+        assert (await client.get(plain)).concurrency_key is None
+        page = await client.list_tasks("tenants")
+        assert [t.concurrency_key for t in page.tasks] == ["tenant-7", None]
+
+        async with httpx.AsyncClient(base_url=server.http.url, timeout=LIMIT) as http:
+            shown = (await http.get(f"/v1/tasks/{keyed}")).json()
+            assert shown["task"]["concurrency_key"] == "tenant-7"
+            listed = (await http.get("/v1/tasks", params={"queue": "tenants"})).json()
+            assert [t["concurrency_key"] for t in listed["tasks"]] == ["tenant-7", None]
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = pb_grpc.DurableTQStub(channel)
+            task = (await stub.Get(pb.GetRequest(task_id=keyed))).task
+            assert task.HasField("concurrency_key") and task.concurrency_key == "tenant-7"
+            assert not (await stub.Get(pb.GetRequest(task_id=plain))).task.HasField(
+                "concurrency_key"
+            )
+            tasks = (await stub.List(pb.ListRequest(queue="tenants"))).tasks
+            assert [t.concurrency_key for t in tasks] == ["tenant-7", ""]
+
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
+
+        async def cli(*args: str) -> str:
+            done = await anyio.run_process(
+                [sys.executable, "-m", "durable_tq", *args, "--url", server.url],
+                check=False,
+                env={**clean_env, "COLUMNS": "200"},
+            )
+            assert done.returncode == 0, done.stderr.decode()
+            return done.stdout.decode()
+
+        assert (
+            json.loads(await cli("tasks", "show", str(keyed), "--json"))["concurrency_key"]
+            == "tenant-7"
+        )
+        assert "Concurrency key  tenant-7" in await cli("tasks", "show", str(keyed))
+        assert "Concurrency key" not in await cli("tasks", "show", str(plain))
+        listing = (await cli("tasks", "list", "--queue", "tenants")).splitlines()
+        header = next(line for line in listing if "Payload" in line).split()
+        assert header[header.index("When") + 1] == "Key"
+        rows = {line.split()[0]: line for line in listing if " tenants " in line}
+        assert "tenant-7" in rows[str(keyed)] and "—" in rows[str(plain)]

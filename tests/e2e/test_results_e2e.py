@@ -10,6 +10,7 @@ import pytest
 
 from durable_tq import TaskContext, errors
 from durable_tq.client import AsyncClient
+from durable_tq.worker.outcome import TaskCancelled
 from tests.e2e.test_worker import LIMIT, make_worker, running, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -124,6 +125,99 @@ async def test_revoking_a_sync_handler_that_checks_ctx_cancelled(
         assert await client.cancel(task_id) == "cancelling"
         task = await client.wait(task_id, timeout=LIMIT)
     assert task.state == "cancelled" and saw == [True]
+
+
+#: How the worker learns of a revoke: only its lease renewals can tell it (a short lease, and
+#: heartbeats too rare to come within the test), or only its heartbeats (a lease too long to
+#: be renewed within the test).
+REVOKE_PATHS = {
+    "extend": {"lease": 1.0, "heartbeat_interval": LIMIT * 10},
+    "heartbeat": {"lease": LIMIT * 10, "heartbeat_interval": 0.2},
+}
+
+
+@pytest.mark.parametrize("path", sorted(REVOKE_PATHS))
+async def test_a_revoke_reaches_an_async_handler_through_either_path(
+    broker_url: str, client: AsyncClient, path: str
+) -> None:
+    worker = make_worker(broker_url, **REVOKE_PATHS[path])
+    started = anyio.Event()
+    reached_end: list[bool] = []
+
+    @worker.task("slow")
+    async def slow(payload: None, ctx: TaskContext) -> None:
+        started.set()
+        await anyio.sleep(LIMIT * 10)
+        reached_end.append(True)
+
+    task_id = (await client.enqueue("slow", None)).task_id
+    async with running(worker):
+        with anyio.fail_after(LIMIT):
+            await started.wait()
+        assert await client.cancel(task_id) == "cancelling"
+        # Bounded by LIMIT, shorter than the path not taken: only ``path`` can tell the worker.
+        task = await client.wait(task_id, timeout=LIMIT)
+    assert task.state == "cancelled" and task.last_error == "cancelled while running"
+    assert reached_end == []
+
+
+@pytest.mark.parametrize("path", sorted(REVOKE_PATHS))
+async def test_a_revoke_reaches_a_sync_handler_through_either_path(
+    broker_url: str, client: AsyncClient, path: str
+) -> None:
+    worker = make_worker(broker_url, **REVOKE_PATHS[path])
+    started = threading.Event()
+    raised: list[BaseException] = []
+
+    @worker.task("sync")
+    def busy(payload: None, ctx: TaskContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            threading.Event().wait(0.01)
+        try:
+            ctx.check_cancelled()
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    task_id = (await client.enqueue("sync", None)).task_id
+    async with running(worker):
+        await until(started.is_set)
+        assert await client.cancel(task_id) == "cancelling"
+        task = await client.wait(task_id, timeout=LIMIT)
+    assert task.state == "cancelled"
+    assert [type(exc) for exc in raised] == [TaskCancelled]
+
+
+async def test_a_revoked_prefetched_sync_task_never_starts(
+    broker_url: str, client: AsyncClient
+) -> None:
+    worker = make_worker(broker_url, concurrency=1, prefetch=1)
+    go_on = threading.Event()
+    ran: list[int] = []
+
+    @worker.task("one-slot")
+    def hold(payload: int, ctx: TaskContext) -> int:
+        ran.append(payload)
+        go_on.wait(LIMIT)
+        return payload
+
+    first = (await client.enqueue("one-slot", 1)).task_id
+    second = (await client.enqueue("one-slot", 2)).task_id
+    try:
+        async with running(worker):
+            await until(lambda: ran == [1])
+            with anyio.fail_after(LIMIT):  # the second is held by the worker, waiting for a slot
+                while (await client.get(second)).state != "leased":  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            assert await client.cancel(second) == "cancelling"
+            # It ends while the first still holds the only slot: it was never started.
+            assert (await client.wait(second, timeout=LIMIT)).state == "cancelled"
+            go_on.set()
+            assert (await client.wait(first, timeout=LIMIT)).state == "succeeded"
+    finally:
+        go_on.set()
+    assert ran == [1]
 
 
 async def test_progress_reaches_get_and_the_last_value_is_kept(

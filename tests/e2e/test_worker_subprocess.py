@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,8 @@ import pytest
 
 from durable_tq import TaskContext, Worker
 from durable_tq.client import AsyncClient
+from durable_tq.config import Settings
+from durable_tq.core.clock import FakeClock
 from durable_tq.servers.tcp import BrokerServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -302,6 +305,69 @@ async def test_sigkill_tasks_go_to_another_worker(
             await in_process_worker(url, seen).drain()
         assert sorted(seen) == [(task_id, 2) for task_id in ids]
         assert await all_states(client, ids) == ["succeeded"] * 3
+
+
+@asynccontextmanager
+async def clocked_server(settings: Settings, clock: FakeClock) -> AsyncIterator[BrokerServer]:
+    """A broker on a loopback port whose time moves only when the test says (leases expire
+    when the test advances ``clock``, not after a sleep)."""
+    async with anyio.create_task_group() as tg:
+        server: BrokerServer = await tg.start(BrokerServer(settings, clock=clock).serve)
+        try:
+            yield server
+        finally:
+            server.request_shutdown()
+            with anyio.fail_after(LIMIT):
+                await server.wait_stopped()
+
+
+async def test_revoke_of_a_task_whose_worker_was_sigkilled(
+    make_settings: Callable[..., Settings],
+    app_folder: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The worker holding a task is SIGKILLed, then ``durable-tq cancel`` marks the task: when
+    its lease runs out it ends ``cancelled``, and the worker still running never gets it."""
+    clock = FakeClock(wall=time.time(), monotonic=time.monotonic())
+    lease = 600.0
+    # Silent workers are not the point here: only the lease running out ends the task.
+    settings = make_settings(heartbeat_interval=0.2, worker_timeout=lease * 10)
+    async with (
+        clocked_server(settings, clock) as server,
+        AsyncClient.from_url(server.url) as client,
+    ):
+        url = server.url
+        task_id = (await client.enqueue("jobs", "doomed", lease=lease)).task_id
+        doomed = start_worker(url)
+        await until_runs(app_folder, 1)
+        doomed.kill()  # SIGKILL: its lease stays held, nobody will settle it
+        assert (await client.get(task_id)).state == "leased"
+
+        seen: list[tuple[int, int]] = []
+        survivor = in_process_worker(url, seen)
+        async with running(survivor):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "durable_tq", "cancel", str(task_id), "--url", url],
+                env=child_env(),
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr.decode()
+            assert "is being cancelled" in done.stdout.decode()
+            task = await client.get(task_id)
+            assert (task.state, task.cancel_requested) == ("leased", True)
+
+            clock.advance(lease + 1)  # the lease runs out; the sweeper sees it at once
+            task = await client.wait(task_id, timeout=LIMIT)
+            assert task.state == "cancelled"
+            assert task.last_error == "cancelled; its lease ran out"
+            assert task.attempts == 1
+
+            # The survivor was claiming all along: a task enqueued now runs there, and the
+            # cancelled one never did.
+            marker = (await client.enqueue("jobs", "marker")).task_id
+            assert (await client.wait(marker, timeout=LIMIT)).state == "succeeded"
+        assert seen == [(marker, 1)]
+        assert runs(app_folder) == [(task_id, 1)]
 
 
 # ----------------------------------------------------------------------- broker restarts

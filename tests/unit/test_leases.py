@@ -1,4 +1,5 @@
-"""Lease bookkeeping (durable_tq.worker.leases) against a stand-in for the client's ``extend``."""
+"""Lease bookkeeping (durable_tq.worker.leases) against a stand-in for the client's
+``extend_reply``."""
 
 from __future__ import annotations
 
@@ -9,33 +10,36 @@ import anyio
 import pytest
 
 from durable_tq import errors
-from durable_tq.client import AsyncClient, ClaimedTask
+from durable_tq.client import AsyncClient, ClaimedTask, ExtendReply
 from durable_tq.worker.leases import MIN_LEASE, LeaseKeeper
 
 pytestmark = pytest.mark.anyio
 
 
 class Extends:
-    """Answers ``extend`` calls from a script: a new expiry, or an exception to raise."""
+    """Answers ``extend_reply`` calls from a script: a new expiry (or a whole reply), or an
+    exception to raise."""
 
-    def __init__(self, *answers: float | Exception) -> None:
+    def __init__(self, *answers: float | ExtendReply | Exception) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[int, str, float, float | None]] = []
 
-    # The signature of AsyncClient.extend, timeout included.
-    async def extend(
+    # The signature of AsyncClient.extend_reply, timeout included.
+    async def extend_reply(
         self,
         task_id: int,
         lease_token: str,
         lease: float,
         *,
         timeout: float | None = None,  # noqa: ASYNC109
-    ) -> float:
+    ) -> ExtendReply:
         self.calls.append((task_id, lease_token, lease, timeout))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        if isinstance(answer, ExtendReply):
+            return answer
+        return ExtendReply(lease_expires_at=answer)
 
 
 def keeper(client: Extends, **options: Any) -> LeaseKeeper:
@@ -130,3 +134,27 @@ async def test_a_dropped_lease_is_not_extended() -> None:
     leases.drop(lease)
     assert not await leases.extend(lease, 5.0)
     assert client.calls == []
+
+
+async def test_a_cancel_in_the_reply_is_passed_on_once() -> None:
+    heard: list[int] = []
+
+    def on_cancel(lease: Any) -> None:
+        heard.append(lease.task.task_id)
+        lease.cancel_requested = True  # as the worker's runtime does
+
+    cancelled = ExtendReply(lease_expires_at=50.0, cancel=True)
+    leases = keeper(Extends(60.0, cancelled, cancelled), lease=5.0, on_cancel=on_cancel)
+    lease = leases.hold(task(3))
+    assert await leases.extend(lease, 5.0) and heard == []
+    assert await leases.extend(lease, 5.0) and lease.expires_at == 50.0
+    assert heard == [3] and lease.cancel_requested
+    assert await leases.extend(lease, 5.0)
+    assert heard == [3]  # told once
+
+
+async def test_without_a_listener_a_cancel_marks_the_lease() -> None:
+    leases = keeper(Extends(ExtendReply(lease_expires_at=1.0, cancel=True)), lease=5.0)
+    lease = leases.hold(task())
+    assert await leases.extend(lease, 5.0)
+    assert lease.cancel_requested

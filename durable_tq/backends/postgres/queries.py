@@ -19,7 +19,7 @@ PARAM = "%s"
 TASK_COLUMNS = (
     "id, queue, state, payload, priority, attempts, max_attempts, run_at, created_at,"
     " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at,"
-    " progress, progress_message, cancel_requested, result_ttl, expires_at"
+    " progress, progress_message, cancel_requested, result_ttl, expires_at, concurrency_key"
 )
 
 _LIVE = "('waiting', 'scheduled', 'queued', 'leased')"
@@ -138,10 +138,11 @@ SET state = 'leased',
     lease_token = replace(gen_random_uuid()::text, '-', ''),
     lease_expires_at = %(now)s + coalesce(%(lease)s::double precision, lease_seconds),
     worker_id = %(worker_id)s,
-    updated_at = %(now)s
+    updated_at = %(now)s,
+    leased_at = %(now)s
 """
 _LEASE_RETURNING = """
-RETURNING id, queue, payload, priority, attempts, lease_token, lease_expires_at
+RETURNING id, queue, payload, priority, attempts, lease_token, lease_expires_at, run_at
 """
 
 LEASE_BEST_OF_QUEUE = (
@@ -167,7 +168,7 @@ ACK = """
 UPDATE tasks
 SET state = 'succeeded', result = %s, finished_at = %s, updated_at = %s, lease_expires_at = NULL
 WHERE id = %s AND state = 'leased' AND lease_token = %s AND lease_expires_at > %s
-RETURNING queue
+RETURNING queue, leased_at
 """
 
 TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = %s"

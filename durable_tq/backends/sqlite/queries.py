@@ -11,7 +11,7 @@ PARAM = "?"
 TASK_COLUMNS = (
     "id, queue, state, payload, priority, attempts, max_attempts, run_at, created_at,"
     " updated_at, lease_expires_at, worker_id, last_error, result, unique_key, finished_at,"
-    " progress, progress_message, cancel_requested, result_ttl, expires_at"
+    " progress, progress_message, cancel_requested, result_ttl, expires_at, concurrency_key"
 )
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -108,10 +108,13 @@ SET state = 'leased',
     lease_token = lower(hex(randomblob(12))),
     lease_expires_at = :now + coalesce(:lease, lease_seconds),
     worker_id = :worker_id,
-    updated_at = :now
+    updated_at = :now,
+    leased_at = :now
 """
+# run_at: for the enqueue -> claim histogram (durable_tq.core.latency), read from the row
+# being updated anyway.
 _LEASE_RETURNING = """
-RETURNING id, queue, payload, priority, attempts, lease_token, lease_expires_at
+RETURNING id, queue, payload, priority, attempts, lease_token, lease_expires_at, run_at
 """
 
 LEASE_BEST_OF_QUEUE = (
@@ -140,7 +143,7 @@ ACK = """
 UPDATE tasks
 SET state = 'succeeded', result = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL
 WHERE id = ? AND state = 'leased' AND lease_token = ? AND lease_expires_at > ?
-RETURNING queue
+RETURNING queue, leased_at
 """
 
 TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = ?"

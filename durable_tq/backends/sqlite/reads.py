@@ -40,6 +40,7 @@ def task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Result:
         "cancel_requested": bool(row[18]),
         "result_ttl": row[19],
         "expires_at": row[20],
+        "concurrency_key": row[21],
     }
 
 

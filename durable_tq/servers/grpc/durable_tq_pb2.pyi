@@ -445,7 +445,7 @@ class HeartbeatReply(_message.Message):
     def __init__(self, state: _Optional[str] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "queue", "state", "payload_json", "priority", "attempts", "max_attempts", "run_at", "created_at", "updated_at", "lease_expires_at", "worker_id", "last_error", "result_json", "unique_key", "finished_at", "progress", "progress_message", "cancel_requested", "result_ttl", "expires_at")
+    __slots__ = ("task_id", "queue", "state", "payload_json", "priority", "attempts", "max_attempts", "run_at", "created_at", "updated_at", "lease_expires_at", "worker_id", "last_error", "result_json", "unique_key", "finished_at", "progress", "progress_message", "cancel_requested", "result_ttl", "expires_at", "concurrency_key")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -467,6 +467,7 @@ class TaskInfo(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     queue: str
     state: str
@@ -488,7 +489,8 @@ class TaskInfo(_message.Message):
     cancel_requested: bool
     result_ttl: float
     expires_at: float
-    def __init__(self, task_id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., run_at: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_expires_at: _Optional[float] = ..., worker_id: _Optional[str] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., unique_key: _Optional[str] = ..., finished_at: _Optional[float] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_ttl: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+    concurrency_key: str
+    def __init__(self, task_id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., payload_json: _Optional[str] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., run_at: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_expires_at: _Optional[float] = ..., worker_id: _Optional[str] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., unique_key: _Optional[str] = ..., finished_at: _Optional[float] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_ttl: _Optional[float] = ..., expires_at: _Optional[float] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
 
 class WaitReply(_message.Message):
     __slots__ = ("task", "done")

@@ -2,8 +2,10 @@
 
 A custom collector reads what the broker already keeps: task counts per queue and state from
 ``stats`` (the ``queue_counts`` table, not a scan), the broker's in-memory counters, the
-writer's pending writes, connections by kind and live workers. Commit batch sizes and commit
-durations go into histograms from the store's commit hook. Process RSS and open fds come from
+writer's pending writes, connections by kind and live workers, and the broker's enqueue -> claim
+and claim -> ack latency histograms (durable_tq.core.latency: filled from the timestamps the
+claim's and the ack's UPDATEs return). Commit batch sizes and commit durations go into
+histograms from the store's commit hook. Process RSS and open fds come from
 prometheus-client's process collector. Each app has its own registry (no global state).
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,10 +32,20 @@ COUNTERS = {
     "claimed": "Tasks handed out by claims (claim, settle with claim).",
     "succeeded": "Tasks acked.",
     "failed": "Failed attempts reported by workers (fail, settle with fail).",
-    "dead": "Tasks that a worker's fail made dead (expired leases are in the state gauge).",
+    "dead": "Tasks that ended dead: by a worker's fail, or a lease run out on the last attempt.",
+}
+#: The broker's latency histograms (Broker.latency) and their help texts.
+LATENCIES = {
+    "enqueue_to_claim": "Seconds from a task being ready (its enqueue, or its run_at when "
+    "delayed or retried) to the claim that leased it.",
+    "claim_to_ack": "Seconds from the claim that leased a task to its ack.",
 }
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if seconds == float("inf") else repr(seconds)
 
 
 class BrokerCollector(Collector):
@@ -49,6 +61,12 @@ class BrokerCollector(Collector):
         counters = getattr(broker, "counters", {})
         for name, help_text in COUNTERS.items():
             yield CounterMetricFamily(f"durable_tq_tasks_{name}", help_text, counters.get(name, 0))
+        for name, help_text in LATENCIES.items():
+            histogram = getattr(broker.latency, name)
+            buckets = [(_bound(le), n) for le, n in histogram.cumulative()]
+            yield HistogramMetricFamily(
+                f"durable_tq_{name}_seconds", help_text, buckets=buckets, sum_value=histogram.total
+            )
         connections = GaugeMetricFamily(
             "durable_tq_connections", "Open client connections by kind.", labels=["kind"]
         )

@@ -27,7 +27,8 @@ from durable_tq.tools.bench import wire
 
 _LISTENING = re.compile(r"listening on (?P<url>tcp://\S+) \(database (?P<db>.+)\)")
 _HTTP_LISTENING = re.compile(r"HTTP API on (?P<url>https?://\S+)")
-#: How long the HTTP line may follow the listening line (it is printed right after it).
+_GRPC_LISTENING = re.compile(r"gRPC on grpcs?://\S+:(?P<port>\d+)")
+#: How long the HTTP and gRPC lines may follow the listening line (printed right after it).
 HTTP_LINE_TIMEOUT = 5.0
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -39,10 +40,15 @@ class BrokerStartError(Exception):
 
 
 class BrokerProcess:
-    """``python -m durable_tq serve --port 0 --db DB`` in a folder of its own."""
+    """``python -m durable_tq serve --port 0 --db DB`` in a folder of its own; with ``grpc``,
+    also ``--grpc 127.0.0.1:0``."""
 
-    def __init__(self, db_path: Path, synchronous: str, *, log_level: str = "WARNING") -> None:
+    def __init__(
+        self, db_path: Path, synchronous: str, *, log_level: str = "WARNING", grpc: bool = False
+    ) -> None:
         self.db_path = db_path
+        self.grpc = grpc
+        self.grpc_port: int | None = None
         self.workdir = db_path.parent
         self.log_path = self.workdir / "broker.log"
         self.synchronous = synchronous
@@ -62,6 +68,7 @@ class BrokerProcess:
             "--host", "127.0.0.1", "--port", "0",
             "--db", str(self.db_path),
             "--log-level", self.log_level,
+            *(["--grpc", "127.0.0.1:0"] if self.grpc else []),
         ]  # fmt: skip
         # The developer's own settings must not leak in; the ones that matter are set here.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_TQ_")}
@@ -87,6 +94,8 @@ class BrokerProcess:
         if self.http_url is not None:
             http_port = urlsplit(self.http_url).port
             self.endpoint = dataclasses.replace(self.endpoint, http_port=http_port)
+        if self.grpc_port is not None:
+            self.endpoint = dataclasses.replace(self.endpoint, grpc_port=self.grpc_port)
         return self.endpoint
 
     def _await_listening(self) -> str | None:
@@ -114,19 +123,24 @@ class BrokerProcess:
                 return None
             match = _LISTENING.search(line.decode(errors="replace"))
             if match is not None:
-                self._await_http(lines)
+                self._await_other_faces(lines)
                 return match["url"]
         return None
 
-    def _await_http(self, lines: queue_module.Queue[bytes | None]) -> None:
-        """The line after the listening line says where the HTTP API is (if it is on)."""
-        try:
-            line = lines.get(timeout=HTTP_LINE_TIMEOUT)
-        except queue_module.Empty:
-            return
-        match = _HTTP_LISTENING.search((line or b"").decode(errors="replace"))
-        if match is not None:
-            self.http_url = match["url"]
+    def _await_other_faces(self, lines: queue_module.Queue[bytes | None]) -> None:
+        """The lines after the listening line say where the HTTP API (if it is on) and the
+        gRPC API (if asked for) listen."""
+        wanted = 2 if self.grpc else 1
+        for _ in range(wanted):
+            try:
+                line = lines.get(timeout=HTTP_LINE_TIMEOUT)
+            except queue_module.Empty:
+                return
+            text = (line or b"").decode(errors="replace")
+            if (http := _HTTP_LISTENING.search(text)) is not None:
+                self.http_url = http["url"]
+            elif (grpc := _GRPC_LISTENING.search(text)) is not None:
+                self.grpc_port = int(grpc["port"])
 
     def stop(self) -> int | None:
         """SIGTERM (graceful), SIGKILL if that takes too long; the exit code."""

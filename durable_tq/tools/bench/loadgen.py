@@ -6,8 +6,8 @@ starts its clock. It returns a :class:`LoadResult`: how many tasks it moved, its
 shared monotonic clock, the CPU it spent doing so, and one latency sample per task or request.
 
 Producers and consumers speak the wire directly (``wire``); ``enqueue-async-client`` drives
-``AsyncClient`` instead so its cost per request can be compared, and ``worker`` runs the real
-``durable_tq.Worker`` runtime.
+``AsyncClient`` instead so its cost per request can be compared, ``worker`` runs the real
+``durable_tq.Worker`` runtime, and the ``grpc-*`` roles (``grpc_load``) use the gRPC API.
 """
 
 from __future__ import annotations
@@ -440,6 +440,27 @@ def http_enqueue(spec: LoadSpec, gate: Gate, counter: Counter) -> LoadResult:
         conn.close()
 
 
+# --- gRPC (durable_tq.tools.bench.grpc_load; imported when used: it needs the grpc extra) -----
+
+
+def grpc_enqueue(spec: LoadSpec, gate: Gate, counter: Counter) -> LoadResult:
+    from durable_tq.tools.bench import grpc_load
+
+    return grpc_load.grpc_enqueue(spec, gate, counter)
+
+
+def grpc_stream_drain(spec: LoadSpec, gate: Gate, counter: Counter) -> LoadResult:
+    from durable_tq.tools.bench import grpc_load
+
+    return grpc_load.grpc_stream_drain(spec, gate, counter)
+
+
+def grpc_stream_worker(spec: LoadSpec, gate: Gate, counter: Counter) -> LoadResult:
+    from durable_tq.tools.bench import grpc_load
+
+    return grpc_load.grpc_stream_worker(spec, gate, counter)
+
+
 ROLES: dict[str, Callable[..., LoadResult]] = {
     "enqueue": enqueue,
     "http-enqueue": http_enqueue,
@@ -449,6 +470,9 @@ ROLES: dict[str, Callable[..., LoadResult]] = {
     "drain-one": drain_one_at_a_time,
     "drain-batched": drain_batched,
     "long-poll-consumer": long_poll_consumer,
+    "grpc-enqueue": grpc_enqueue,
+    "grpc-stream-drain": grpc_stream_drain,
+    "grpc-stream-worker": grpc_stream_worker,
 }
 #: Roles that run until the coordinator says stop (they take the stop event too).
 OPEN_ENDED_ROLES: dict[str, Callable[..., LoadResult]] = {"worker": worker}

@@ -14,6 +14,7 @@ SCENARIO_NAMES: Final = (
     "drain",
     "e2e",
     "latency",
+    "grpc",
     "claim-scaling",
 )
 #: What runs when no ``--scenario`` is given: claim-scaling fills tables of a million rows.

@@ -40,6 +40,15 @@ PRELOAD_BATCH = 1000
 PRELOAD_WINDOW = 4
 
 
+def grpc_installed() -> bool:
+    """Whether the grpc extra imports here (the broker started here needs it for --grpc)."""
+    try:
+        import grpc_health.v1.health  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     """What ``durable-tq bench`` was asked to do."""
@@ -138,7 +147,13 @@ class Bench:
         options = self.options
         assert self._tempdir is not None
         if options.url is None:
-            self.broker = BrokerProcess(self._tempdir / "bench.db", options.synchronous)
+            # gRPC only when a scenario needs it (and the extra is there): the other figures
+            # stay those of a broker without it.
+            self.broker = BrokerProcess(
+                self._tempdir / "bench.db",
+                options.synchronous,
+                grpc="grpc" in options.scenarios and grpc_installed(),
+            )
             self.endpoint = self.broker.start()
             pid: int | None = self.broker.pid
             synchronous = options.synchronous

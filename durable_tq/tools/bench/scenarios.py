@@ -30,6 +30,9 @@ E2E_CONCURRENCY = 32
 #: once instead of after the settle that claims it (the batching path, docs/worker.md).
 E2E_PREFETCH = 32
 LONG_POLL_WAIT = 1.0
+#: gRPC: unary Enqueue calls in flight on one channel, and the Work stream's credits.
+GRPC_WINDOW = 64
+GRPC_CREDIT = 64
 
 Scenario = Callable[[Bench], None]
 
@@ -275,12 +278,69 @@ def latency(bench: Bench) -> None:
     )
 
 
+def grpc(bench: Bench) -> None:
+    """The gRPC API (``durable-tq serve --grpc``), to read beside the TCP figures: ``Enqueue``
+    one call at a time (TCP: enqueue-seq, 1 producer) and 64 in flight on one channel (TCP:
+    enqueue-pipelined); the ``Work`` stream draining preloaded tasks (TCP: drain, claim
+    max=32 + pipelined acks) and running tasks as a producer enqueues them (TCP: e2e)."""
+    assert bench.endpoint is not None
+    if bench.endpoint.grpc_port is None:
+        bench.report.notes.append(
+            "grpc: skipped: the broker under test serves no gRPC (the grpc extra is not "
+            "installed, or --url named a broker whose gRPC port is not known here)"
+        )
+        return
+    tasks = bench.options.tasks
+    channel = "1 process, one grpc.aio channel"
+    for window in (1, GRPC_WINDOW):
+        queue = bench.new_queue(f"grpc-enqueue-{window}")
+        bench.measure(
+            Variant(
+                scenario="grpc",
+                variant=f"Enqueue, {'1 call at a time' if window == 1 else f'{window} in flight'}",
+                specs=[bench.spec("grpc-enqueue", queue, tasks, window=window)],
+                tasks=tasks,
+                latency_of="Enqueue reply",
+                load=f"{channel}, {window} unary call(s) in flight",
+            )
+        )
+    queue = bench.new_queue("grpc-stream-drain")
+    bench.measure(
+        Variant(
+            scenario="grpc",
+            variant=f"Work stream drain, credit {GRPC_CREDIT}",
+            specs=[bench.spec("grpc-stream-drain", queue, tasks, batch=GRPC_CREDIT)],
+            tasks=tasks,
+            preload=tasks,
+            latency_of="task pushed → its ack confirmed",
+            load=f"{channel}: one Work stream, each push acked in one settle with its credits",
+        )
+    )
+    queue = bench.new_queue("grpc-stream-e2e")
+    bench.measure(
+        Variant(
+            scenario="grpc",
+            variant=f"Work stream, credit {GRPC_CREDIT}, beside 1 producer x{PIPELINE_WINDOW}",
+            specs=[
+                bench.spec("enqueue", queue, tasks, window=PIPELINE_WINDOW),
+                bench.spec("grpc-stream-worker", queue, tasks, batch=GRPC_CREDIT),
+            ],
+            tasks=tasks,
+            measured_roles=frozenset({"grpc-stream-worker"}),
+            latency_of="enqueue → task pushed to the stream",
+            other_latency_of="enqueue reply",
+            load=f"1 producer process (raw wire), {channel} with one Work stream",
+            notes=["the producer runs flat out, so enqueue → push includes the backlog"],
+        )
+    )
+
+
 # --- claim-scaling: a pointer, not a copy ---------------------------------------------------------
 
 
 def claim_scaling_script() -> Path | None:
     """``benchmarks/claim_scaling.py`` of a source checkout, if this is one."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         script = root / "benchmarks" / "claim_scaling.py"
         if script.is_file():
             return script
@@ -300,7 +360,7 @@ def claim_scaling(bench: Bench) -> None:
     args = list(bench.options.claim_scaling_args)
     if bench.options.quick and not args:
         args = ["--rows", "5000", "--claims", "200", "--enqueues", "200",
-                "--sequential-enqueues", "50", "--sweeps", "10"]  # fmt: skip
+                "--sequential-enqueues", "50", "--sweeps", "10", "--key-tasks", "1000"]  # fmt: skip
     command = [sys.executable, str(script), "--synchronous", bench.options.synchronous,
                "--json", *args]  # fmt: skip
     with bench.progress_task("claim-scaling · benchmarks/claim_scaling.py", 1) as advance:
@@ -323,6 +383,7 @@ SCENARIOS: dict[str, Scenario] = {
     "drain": drain,
     "e2e": e2e,
     "latency": latency,
+    "grpc": grpc,
     "claim-scaling": claim_scaling,
 }
 #: What runs without ``--scenario``: everything but the slow table-size study.

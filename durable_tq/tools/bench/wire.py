@@ -37,6 +37,8 @@ class Endpoint:
     token: str | None = None
     #: The broker's HTTP API port (``durable-tq serve`` prints it; else port + 1).
     http_port: int | None = None
+    #: The broker's gRPC port, when it serves gRPC (``durable-tq serve --grpc`` prints it).
+    grpc_port: int | None = None
 
     @property
     def url(self) -> str:
