@@ -25,6 +25,7 @@ from durable_tq.backends.sqlite.store import Batch, Store
 from durable_tq.config import Settings
 from durable_tq.core import limits, scheduler
 from durable_tq.core.clock import BrokerTime, Clock
+from durable_tq.core.throughput import ThroughputRing
 from durable_tq.core.waiters import Waiters
 from durable_tq.wire import schema
 from durable_tq.wire.codec import dumps_value
@@ -230,6 +231,8 @@ class Broker:
         self.store.after_commit = self._after_finish
         #: Tasks enqueued, claimed, succeeded, failed, dead since start (for /metrics).
         self.counters: Counter[str] = Counter()
+        #: Those counters sampled over the last minutes (the ``throughput`` op).
+        self.throughput_ring = ThroughputRing()
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -245,6 +248,7 @@ class Broker:
     async def open(self) -> None:
         self.time.anchor()
         self.started_at = self.now()
+        self.throughput_ring.sample(self.started_at, self.counters)
         await self.store.open()
         queues = await self.store.read(lambda conn: conn.execute(queries.QUEUES).fetchall())
         self.known_queues = {name for name, _ in queues}
@@ -1145,6 +1149,17 @@ class Broker:
         # Optional (PROTOCOL.md allows additions): the group-commit writer's counters.
         result["store"] = dataclasses.asdict(self.store.stats)
         return result
+
+    def sample_throughput(self) -> None:
+        """Keep a snapshot of the counters when the last is ``interval`` old (the sweeper
+        calls this every time it wakes)."""
+        self.throughput_ring.sample(self.now(), self.counters)
+
+    async def throughput(self, *, session: Session | None = None) -> Result:
+        now = self.now()
+        ring = self.throughput_ring
+        ring.sample(now, self.counters)
+        return {"interval": ring.interval, "window": ring.window, "samples": ring.rates(now)}
 
     # --- results: waiting for a task, dependents, expiry ---------------------------------------
 

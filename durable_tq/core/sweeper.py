@@ -30,7 +30,10 @@ FORGET_WORKERS_AFTER = 7 * 86400.0
 class SweepResult:
     ready: Counter[str] = field(default_factory=Counter)
     expired: int = 0
+    #: Leases that expired on their last attempt (dead) or after a cancel (cancelled).
     dead: int = 0
+    #: Of those, the tasks that ended dead.
+    died: int = 0
     due: int = 0
     deleted: int = 0
     next_due: float = math.inf
@@ -53,6 +56,7 @@ def sweep_once(
             result.expired += 1
         else:  # dead, or cancelled (its cancel had been requested)
             result.dead += 1
+            result.died += state == TaskState.DEAD
             batch.finished(task_id, state)
     for (queue,) in conn.execute(queries.SWEEP_DUE, {"now": now}):
         moved(queue, TaskState.SCHEDULED, TaskState.QUEUED)
@@ -97,6 +101,7 @@ class Sweeper:
         )
         broker.next_due = min(broker.next_due, result.next_due)
         broker.notify_ready(result.ready)
+        broker.counters["dead"] += result.died  # a worker's fail counts its own
         # Due schedules fire in their own transaction (each slot with its task, exactly once).
         await scheduler.fire_schedules(broker, now)
         self.sweeps += 1
@@ -116,6 +121,7 @@ class Sweeper:
         """Sweep until cancelled. Storage errors are logged and retried next interval."""
         interval = self.broker.settings.sweep_interval
         while True:
+            self.broker.sample_throughput()
             try:
                 await self.sweep()
             except errors.ShuttingDown:

@@ -30,7 +30,7 @@ COUNTERS = {
     "claimed": "Tasks handed out by claims (claim, settle with claim).",
     "succeeded": "Tasks acked.",
     "failed": "Failed attempts reported by workers (fail, settle with fail).",
-    "dead": "Tasks that a worker's fail made dead (expired leases are in the state gauge).",
+    "dead": "Tasks that ended dead (a worker's fail, or a lease that expired on the last try).",
 }
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
