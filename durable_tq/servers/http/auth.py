@@ -121,8 +121,7 @@ def check_request(settings: Settings, request: Request, needed: Role) -> None:
     _check_token(settings, token, needed)
     if request.method in UNSAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
         raise errors.Forbidden(
-            "a change authenticated by the dashboard's cookie needs the header "
-            "X-Durable-TQ-CSRF: 1"
+            "a change authenticated by the dashboard's cookie needs the header X-Durable-TQ-CSRF: 1"
         )
 
 

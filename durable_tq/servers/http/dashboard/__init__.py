@@ -39,14 +39,15 @@ STATIC_TYPES = {
 #: The login form's body is a token and nothing else.
 MAX_LOGIN_BODY = 8192
 #: Sent with every page: nothing but our own files, no framing (a framed page could be
-#: clicked through by another site), no referrer.
+#: clicked through by another site), no referrer to other sites (with no referrer at all, a
+#: form posts Origin: null).
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
     "frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 HTML = "text/html; charset=utf-8"

@@ -214,7 +214,7 @@
     toastBox.className = `toast show${isError ? " error" : ""}`;
     toastBox.setAttribute("role", isError ? "alert" : "status");
     clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => { toastBox.className = "toast"; }, isError ? 8000 : 4000);
+    toastTimer = setTimeout(() => { toastBox.className = "toast"; }, isError ? 10000 : 6000);
   }
 
   // Run a change, tell how it went, refresh the page at once.
@@ -299,6 +299,8 @@
     ["dead", "Dead"],
   ];
 
+  // A step chart: each sample's rate held over its seconds. Until the broker has a full
+  // window of history, the chart spans the history it has.
   function chart(kind, label, data) {
     const W = 300;
     const H = 72;
@@ -308,23 +310,22 @@
     const top = niceCeiling(peak);
     const latest = values.length ? values[values.length - 1] : 0;
     const end = samples.length ? samples[samples.length - 1].at : now();
-    const start = end - (data ? data.window : 900);
-    const x = (at) => ((at - start) / (end - start || 1)) * W;
-    const y = (v) => H - 2 - (v / top) * (H - 6);
-    const points = samples.map((s) => `${x(s.at).toFixed(1)},${y(s[kind]).toFixed(1)}`);
+    const first = samples.length ? samples[0].at - samples[0].seconds : end;
+    const start = Math.max(end - (data ? data.window : 900), first);
+    const x = (at) => (((Math.max(at, start) - start) / (end - start || 1)) * W).toFixed(1);
+    const y = (v) => (H - 2 - (v / top) * (H - 6)).toFixed(1);
+    const points = samples.flatMap((s) => [`${x(s.at - s.seconds)},${y(s[kind])}`, `${x(s.at)},${y(s[kind])}`]);
     const total = samples.reduce((sum, s) => sum + s[kind] * s.seconds, 0);
     const summary = samples.length
-      ? `${label} per second over the last ${duration(end - (samples[0].at - samples[0].seconds))}: ` +
+      ? `${label} per second over the last ${duration(end - start)}: ` +
         `now ${rate(latest)}, peak ${rate(peak)}, ${count(Math.round(total))} in all`
       : `${label} per second: no samples yet (one every ${data ? data.interval : 5} s)`;
     const graph = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
       "aria-label": summary });
     graph.append(svg("line", { class: "base", x1: 0, x2: W, y1: H - 2, y2: H - 2 }));
     if (points.length) {
-      const first = points[0].split(",")[0];
-      const last = points[points.length - 1].split(",")[0];
       graph.append(svg("path", { class: "area",
-        d: `M${first},${H - 2} L${points.join(" L")} L${last},${H - 2} Z` }));
+        d: `M${x(start)},${H - 2} L${points.join(" L")} L${x(end)},${H - 2} Z` }));
       graph.append(svg("polyline", { class: "line", points: points.join(" ") }));
     }
     return h("figure", { class: `chart ${kind}`, title: summary },
@@ -332,7 +333,8 @@
         h("span", { class: "num" }, samples.length ? `now ${rate(latest)} · peak ${rate(peak)}` : "collecting…")),
       graph,
       h("div", { class: "axis", "aria-hidden": "true" },
-        h("span", {}, samples.length ? `${duration(end - start)} ago` : ""), h("span", {}, `max ${rate(top)}/s`), h("span", {}, "now")));
+        h("span", {}, samples.length ? `${duration(end - start)} ago` : ""),
+        h("span", {}, `scale ${rate(top)}/s`), h("span", {}, "now")));
   }
 
   function niceCeiling(value) {
