@@ -1,4 +1,5 @@
-"""The wheel carries the migrations: ``pip install .`` (not only ``-e``) gives a working schema."""
+"""The wheel carries the migrations (``pip install .``, not only ``-e``, gives a working schema)
+and the dashboard's static files."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     in_repo = sorted(p.name for p in (ROOT / "migrations" / "sqlite").glob("*.sql"))
     assert [Path(n).name for n in shipped] == in_repo
     assert not any(n.startswith("tests/") for n in names)  # tests stay out of the wheel
+    static = ROOT / "durable_tq" / "servers" / "http" / "dashboard" / "static"
+    for path in static.iterdir():  # the dashboard's pages, scripts and styles
+        assert f"durable_tq/servers/http/dashboard/static/{path.name}" in names, path.name
 
     # Import the package from the unpacked wheel, far from the repository, and migrate a file.
     site = tmp_path / "site"
