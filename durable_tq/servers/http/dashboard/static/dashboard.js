@@ -527,11 +527,11 @@
       after ? h("a", { href: first, "data-key": "p-first" }, "← First page") : null,
       page.next_after_id !== null ? h("a", { href: next, "data-key": "p-next" }, "Next page →") : null,
       h("span", { class: "muted" }, page.tasks.length
-        ? `tasks ${count(page.tasks[0].task_id)}–${count(page.tasks[page.tasks.length - 1].task_id)} by id`
+        ? `tasks #${page.tasks[0].task_id} to #${page.tasks[page.tasks.length - 1].task_id}, by id`
         : "no tasks"));
     if (!page.tasks.length) return [h("p", { class: "muted" }, "No tasks here."), after ? pager : null];
     return [table(null, [
-      { label: "Task", cell: (t) => h("a", { href: `#/tasks/${t.task_id}`, "data-key": `t-${t.task_id}` }, `#${count(t.task_id)}`) },
+      { label: "Task", cell: (t) => h("a", { href: `#/tasks/${t.task_id}`, "data-key": `t-${t.task_id}` }, `#${t.task_id}`) },
       { label: "State", cell: (t) => stateBadge(t.state) },
       { label: "Priority", num: true, cell: (t) => t.priority },
       { label: "Attempts", num: true, cell: (t) => `${count(t.attempts)} / ${count(t.max_attempts)}` },
@@ -587,7 +587,7 @@
           task = (await api("GET", `/v1/tasks/${taskId}`)).task;
         } catch (error) {
           if (error.code !== "not_found") throw error;
-          render(header, null, () => [h("h1", {}, `Task #${count(taskId)}`),
+          render(header, null, () => [h("h1", {}, `Task #${taskId}`),
             h("p", {}, "No such task (it may have been purged, or removed after its retention).")]);
           swap(toolbar);
           swap(facts);
@@ -595,7 +595,7 @@
           return;
         }
         render(header, { state: task.state, queue: task.queue, cancel: task.cancel_requested }, () => [
-          h("h1", {}, `Task #${count(task.task_id)} `, stateBadge(task.state),
+          h("h1", {}, `Task #${task.task_id} `, stateBadge(task.state),
             task.cancel_requested && !FINISHED.has(task.state) ? h("span", { class: "badge state-dead" }, "cancel requested") : null),
           h("p", {}, "Queue ", h("a", { href: `#/queues/${q(task.queue)}` }, task.queue)),
         ]);
@@ -705,7 +705,7 @@
   function leases(w) {
     if (!w.leased) return h("span", { class: "muted" }, "none");
     const shown = w.held.slice(0, 8);
-    return [`${count(w.leased)}: `, shown.map((id, i) => [i ? ", " : "", h("a", { href: `#/tasks/${id}` }, `#${count(id)}`)]),
+    return [`${count(w.leased)}: `, shown.map((id, i) => [i ? ", " : "", h("a", { href: `#/tasks/${id}` }, `#${id}`)]),
       w.held.length > shown.length ? ` +${count(w.held.length - shown.length)}` : ""];
   }
 
