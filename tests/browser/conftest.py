@@ -78,14 +78,17 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 def dashboard_broker(
     serve_subprocess: Callable[..., Any], tmp_path: Path
 ) -> Callable[..., tuple[Any, Cli]]:
-    """``broker, cli = dashboard_broker(tokens=None, admin=None)``: ``durable-tq serve`` on
-    loopback ports (HTTP on a free one too; ``broker.http_url`` is the dashboard) and a
-    :class:`Cli` on it (with the token ``admin``)."""
+    """``broker, cli = dashboard_broker(tokens=None, admin=None, env=None)``: ``durable-tq
+    serve`` on loopback ports (HTTP on a free one too; ``broker.http_url`` is the dashboard),
+    with more DURABLE_TQ_* settings in ``env``, and a :class:`Cli` on it (with the token
+    ``admin``)."""
 
     def start(
-        tokens: list[dict[str, str]] | None = None, admin: str | None = None
+        tokens: list[dict[str, str]] | None = None,
+        admin: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[Any, Cli]:
-        env = dict(BROKER_ENV)
+        env = {**BROKER_ENV, **(env or {})}
         if tokens:
             env["DURABLE_TQ_AUTH_TOKENS"] = json.dumps(tokens)
         process = serve_subprocess(args=["--http", "127.0.0.1:0"], env=env)

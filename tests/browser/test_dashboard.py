@@ -104,6 +104,26 @@ def test_a_task_enqueued_from_the_cli_appears_without_reload(
     assert errors.messages == []
 
 
+def test_banner_when_the_database_is_not_writable_or_the_broker_is_gone(
+    dashboard_broker: Start, open_page: Open
+) -> None:
+    broker, cli = dashboard_broker(env={"DURABLE_TQ_FILE_CHECK_INTERVAL": "0.1"})
+    cli.enqueue("emails", {"to": "ada@example.com"})
+    page, _ = open_page()  # the 503s of this test are console errors: not checked here
+    page.goto(broker.http_url)
+    expect(queue_row(page, "emails").locator('td[data-label="queued"]')).to_have_text("1")
+    banner = page.locator("#banner")
+    expect(banner).to_be_hidden()
+
+    broker.db_path.with_name(broker.db_path.name + "-wal").unlink()
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("The database is not writable")
+
+    broker.terminate()
+    expect(banner).to_have_text("Cannot reach the broker; retrying every 2 s.")
+    expect(page.locator("#live")).to_contain_text("not updating")
+
+
 # --- changes made on the pages ------------------------------------------------------------------
 
 
