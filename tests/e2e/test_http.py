@@ -469,6 +469,9 @@ async def test_throughput_counts_what_metrics_counts(http_broker: HttpBroker) ->
             for name in ("enqueued", "claimed", "succeeded", "failed", "dead")
         }
         assert totals == {"enqueued": 3, "claimed": 1, "succeeded": 1, "failed": 0, "dead": 0}
+        async with tcp_client(server) as tcp:  # the same op over TCP, typed by the client
+            over_tcp = await tcp.throughput()
+        assert over_tcp.window == 30 and over_tcp.samples[0].at == body["samples"][0]["at"]
 
 
 # --- as a process -------------------------------------------------------------------------------
