@@ -280,8 +280,9 @@
       const value = c.cell(row);
       const zero = c.num && (value === "0" || value === 0);
       const classes = [c.num ? "num" : "", zero ? "zero" : "", value === "" ? "empty" : ""];
+      // One child: on narrow screens the cell is a flex row of its label and its value.
       return h("td", { "data-label": c.label, class: classes.join(" ").trim() || null },
-        typeof value === "number" ? count(value) : value);
+        h("span", {}, typeof value === "number" ? count(value) : value));
     }));
     return h("div", { class: "table-wrap" },
       h("table", { class: "stack" },
