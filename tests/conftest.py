@@ -201,6 +201,7 @@ async def broker_url(server: BrokerServer) -> str:
 
 
 _LISTENING = re.compile(r"listening on (?P<url>\S+) \(database (?P<db>.+)\)")
+_HTTP_LISTENING = re.compile(r"HTTP API on (?P<url>https?://\S+)")
 
 
 class BrokerProcess:
@@ -232,6 +233,8 @@ class BrokerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._stdout_thread: threading.Thread | None = None
+        self._stdout_lines: queue_module.Queue[bytes | None] | None = None
+        self._http_url: str | None = None
 
     # --- life cycle ---
 
@@ -277,7 +280,19 @@ class BrokerProcess:
             )
         self.url = match["url"]
         self.port = int(self.url.rsplit(":", 1)[1])
+        self._stdout_lines, self._http_url = lines, None
         return self
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the HTTP API: the line serve prints after listening."""
+        if self._http_url is None:
+            assert self._stdout_lines is not None, "start() first"
+            match = _await_line(self._stdout_lines, _HTTP_LISTENING, self.start_timeout)
+            if match is None:
+                raise RuntimeError(f"the broker printed no HTTP line; its log:\n{self.log_text()}")
+            self._http_url = match["url"]
+        return self._http_url
 
     @property
     def running(self) -> bool:
@@ -357,6 +372,12 @@ def _pump_lines(proc: subprocess.Popen[bytes], lines: queue_module.Queue[bytes |
 def _await_listening(
     lines: queue_module.Queue[bytes | None], timeout: float
 ) -> re.Match[str] | None:
+    return _await_line(lines, _LISTENING, timeout)
+
+
+def _await_line(
+    lines: queue_module.Queue[bytes | None], pattern: re.Pattern[str], timeout: float
+) -> re.Match[str] | None:
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -368,7 +389,7 @@ def _await_listening(
             return None
         if line is None:  # stdout closed: the process ended
             return None
-        match = _LISTENING.search(line.decode(errors="replace"))
+        match = pattern.search(line.decode(errors="replace"))
         if match is not None:
             return match
 

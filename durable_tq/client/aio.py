@@ -683,6 +683,12 @@ class AsyncClient:
         reply: s.QueueInfoReply = await self._call("queue_info", {"queue": queue}, timeout)
         return reply
 
+    async def throughput(self, *, timeout: float | None = None) -> s.ThroughputReply:
+        """Tasks enqueued, claimed, succeeded, failed and dead per second, broker-wide, over
+        the last 15 minutes (sampled in the broker's memory; empty after a restart)."""
+        reply: s.ThroughputReply = await self._call("throughput", {}, timeout)
+        return reply
+
     async def pause(self, queue: str, *, timeout: float | None = None) -> None:
         """Stop handing out claims from ``queue`` (enqueues are still accepted)."""
         await self._line("pause", {"queue": queue}, timeout)

@@ -420,6 +420,9 @@ class Client:
     def queue_info(self, queue: str, *, timeout: float | None = None) -> s.QueueInfoReply:
         return self._call(self._async.queue_info, queue, timeout=timeout)
 
+    def throughput(self, *, timeout: float | None = None) -> s.ThroughputReply:
+        return self._call(self._async.throughput, timeout=timeout)
+
     def pause(self, queue: str, *, timeout: float | None = None) -> None:
         self._call(self._async.pause, queue, timeout=timeout)
 

@@ -24,6 +24,7 @@ from durable_tq.backends.sqlite.store import Batch
 from durable_tq.config import Settings
 from durable_tq.core import latency, limits, scheduler
 from durable_tq.core.clock import BrokerTime, Clock
+from durable_tq.core.throughput import ThroughputRing
 from durable_tq.core.waiters import Waiters
 from durable_tq.wire import schema
 from durable_tq.wire.codec import dumps_value
@@ -242,6 +243,8 @@ class Broker:
         #: enqueue -> claim and claim -> ack histograms (for /metrics), from the timestamps
         #: the claim's and the ack's UPDATEs return.
         self.latency = latency.Latencies()
+        #: Those counters sampled over the last minutes (the ``throughput`` op).
+        self.throughput_ring = ThroughputRing()
 
     async def __aenter__(self) -> Broker:
         await self.open()
@@ -257,6 +260,7 @@ class Broker:
     async def open(self) -> None:
         self.time.anchor()
         self.started_at = self.now()
+        self.throughput_ring.sample(self.started_at, self.counters)
         await self.store.open()
         await self.reload_queues()
 
@@ -1195,6 +1199,17 @@ class Broker:
         # Optional (PROTOCOL.md allows additions): the group-commit writer's counters.
         result["store"] = dataclasses.asdict(self.store.stats)
         return result
+
+    def sample_throughput(self) -> None:
+        """Keep a snapshot of the counters when the last is ``interval`` old (the sweeper
+        calls this every time it wakes)."""
+        self.throughput_ring.sample(self.now(), self.counters)
+
+    async def throughput(self, *, session: Session | None = None) -> Result:
+        now = self.now()
+        ring = self.throughput_ring
+        ring.sample(now, self.counters)
+        return {"interval": ring.interval, "window": ring.window, "samples": ring.rates(now)}
 
     # --- results: waiting for a task, dependents, expiry ---------------------------------------
 

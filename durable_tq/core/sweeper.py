@@ -35,6 +35,7 @@ FORGET_WORKERS_AFTER = 7 * 86400.0
 class SweepResult:
     ready: Counter[str] = field(default_factory=Counter)
     expired: int = 0
+    #: Leases that expired on their last attempt (dead) or after a cancel (cancelled).
     dead: int = 0
     #: Leases that ran out on a task whose cancel was requested (revoked, worker gone).
     cancelled: int = 0
@@ -137,6 +138,7 @@ class Sweeper:
         """Sweep until cancelled. Storage errors are logged and retried next interval."""
         interval = self.broker.settings.sweep_interval
         while True:
+            self.broker.sample_throughput()
             try:
                 await self.sweep()
             except errors.ShuttingDown:

@@ -130,6 +130,8 @@ OPS: dict[str, Op] = {
             summary="Set a queue's rate, burst, max leased and per-key concurrency."),
         _op(s.QueueInfo, s.QueueInfoReply, writes=False, resend_safe=True, role=P,
             summary="A queue's limits, counts and rate tokens."),
+        _op(s.Throughput, s.ThroughputReply, writes=False, resend_safe=True, role=P,
+            summary="Tasks enqueued, claimed, succeeded, failed, dead per second, last 15 min."),
     ]
 }  # fmt: skip
 

@@ -380,6 +380,10 @@ class QueueInfo(Request, tag="queue_info", frozen=True):
     queue: QueueName
 
 
+class Throughput(Request, tag="throughput", frozen=True):
+    """Tasks per second over the last minutes, from counters sampled in memory (additive)."""
+
+
 AnyRequest = (
     Hello
     | Enqueue
@@ -412,6 +416,7 @@ AnyRequest = (
     | ScheduleResume
     | SetQueueLimits
     | QueueInfo
+    | Throughput
 )
 
 
@@ -648,3 +653,24 @@ class QueueInfoReply(Reply):
     counts: QueueStats
     #: Tokens in the rate bucket now (null without a rate).
     tokens: float | None = None
+
+
+class ThroughputSample(Reply):
+    """Rates per second over the ``seconds`` that end at ``at``, broker-wide."""
+
+    at: float
+    seconds: float
+    enqueued: float
+    claimed: float
+    succeeded: float
+    failed: float
+    dead: float
+
+
+class ThroughputReply(Reply):
+    #: Seconds between samples (at least; longer when the broker was busy or paused).
+    interval: float
+    #: Seconds of history kept (samples older than this are gone).
+    window: float
+    #: Oldest first.
+    samples: list[ThroughputSample]

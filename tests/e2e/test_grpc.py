@@ -96,6 +96,21 @@ async def test_hello_enqueue_get_stats_list(stub: Any) -> None:
     assert first.created and not again.created and first.task_id == again.task_id
 
 
+async def test_throughput(stub: Any, grpc_server: BrokerServer) -> None:
+    from durable_tq.core.throughput import ThroughputRing
+
+    broker = grpc_server.broker
+    broker.throughput_ring = ThroughputRing(interval=0.01, window=60)
+    broker.sample_throughput()
+    await enqueue(stub, "q", 1)
+    await enqueue(stub, "q", 2)
+    await anyio.sleep(0.02)
+    reply = await stub.Throughput(pb.ThroughputRequest())
+    assert reply.interval == 0.01 and reply.window == 60
+    assert sum(s.enqueued * s.seconds for s in reply.samples) == pytest.approx(2)
+    assert all(s.at > s.seconds > 0 for s in reply.samples)
+
+
 async def test_claim_ack_fail_release_extend_settle(stub: Any) -> None:
     ids = [await enqueue(stub, "w", n) for n in range(5)]
     claimed = await stub.Claim(pb.ClaimRequest(queues=["w"], max=5))

@@ -502,6 +502,38 @@ async def test_latency_histograms_come_from_the_brokers_timestamps(
     assert bucket("claim_to_ack", "+Inf") == 2
 
 
+async def test_throughput_counts_what_metrics_counts(http_broker: HttpBroker) -> None:
+    from durable_tq.core.throughput import ThroughputRing
+
+    async with http_broker() as (server, http):
+        broker = server.broker
+        broker.throughput_ring = ThroughputRing(interval=0.05, window=30)
+        broker.sample_throughput()
+        await http.post("/v1/tasks:batch", json={"tasks": [{"queue": "t"}] * 3})
+        (task,) = (await http.post("/v1/queues/t/claim", json={})).json()["tasks"]
+        await http.post(
+            f"/v1/tasks/{task['task_id']}/ack", json={"lease_token": task["lease_token"]}
+        )
+        done_at = broker.now()
+        with anyio.fail_after(10):
+            while True:
+                reply = await http.get("/v1/throughput")
+                assert reply.status_code == 200
+                body = reply.json()
+                if body["samples"] and body["samples"][-1]["at"] >= done_at:
+                    break
+                await anyio.sleep(0.02)
+        assert body["interval"] == 0.05 and body["window"] == 30
+        totals = {
+            name: round(sum(s[name] * s["seconds"] for s in body["samples"]))
+            for name in ("enqueued", "claimed", "succeeded", "failed", "dead")
+        }
+        assert totals == {"enqueued": 3, "claimed": 1, "succeeded": 1, "failed": 0, "dead": 0}
+        async with tcp_client(server) as tcp:  # the same op over TCP, typed by the client
+            over_tcp = await tcp.throughput()
+        assert over_tcp.window == 30 and over_tcp.samples[0].at == body["samples"][0]["at"]
+
+
 # --- as a process -------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The wheel carries the migrations: ``pip install .`` (not only ``-e``) gives a working schema."""
+"""The wheel carries the migrations (``pip install .``, not only ``-e``, gives a working schema)
+and the dashboard's static files."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("durable_tq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(n for n in names if n.startswith("durable_tq/_migrations/"))
-    in_repo = sorted(p.name for p in (ROOT / "migrations" / "sqlite").glob("*.sql"))
-    assert [Path(n).name for n in shipped] == in_repo
+    for backend in ("sqlite", "postgres"):
+        shipped = sorted(n for n in names if n.startswith(f"durable_tq/_migrations/{backend}/"))
+        in_repo = sorted(p.name for p in (ROOT / "migrations" / backend).glob("*.sql"))
+        assert in_repo and [Path(n).name for n in shipped] == in_repo, backend
     assert not any(n.startswith("tests/") for n in names)  # tests stay out of the wheel
+    static = ROOT / "durable_tq" / "servers" / "http" / "dashboard" / "static"
+    for path in static.iterdir():  # the dashboard's pages, scripts and styles
+        assert f"durable_tq/servers/http/dashboard/static/{path.name}" in names, path.name
 
     # Import the package from the unpacked wheel, far from the repository, and migrate a file.
     site = tmp_path / "site"
@@ -47,4 +52,5 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     where, counts = ran.stdout.splitlines()
     assert where.startswith(str(site)) and "_migrations" in where
-    assert counts == f"{len(in_repo)} {len(in_repo)}"
+    sqlite_migrations = len(list((ROOT / "migrations" / "sqlite").glob("*.sql")))
+    assert counts == f"{sqlite_migrations} {sqlite_migrations}"

@@ -58,6 +58,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "wait": {"task_id": 999, "timeout": 0},
     "progress": {"task_id": 1, "lease_token": "x", "fraction": 0.5},
     "queue_settings": {"queue": "other"},
+    "throughput": {},
 }
 SESSION_OPS = {"hello", "bye"}
 

@@ -178,6 +178,38 @@ async def test_expired_lease_on_last_attempt_goes_dead(broker: Broker) -> None:
             await anyio.sleep(0.05)
     task = plain((await broker.get(task_id=task_id))["task"])
     assert task["last_error"] == "lease expired"
+    # Counted as dead (/metrics, throughput) like a worker's fail on the last attempt.
+    with anyio.fail_after(10):
+        while broker.counters["dead"] < 1:  # noqa: ASYNC110 - the sweeper counts after its write
+            await anyio.sleep(0.01)
+    assert broker.counters["dead"] == 1 and broker.counters["failed"] == 0
+
+
+async def test_throughput_rates_from_the_counters(broker: Broker) -> None:
+    from durable_tq.core.throughput import ThroughputRing
+
+    broker.throughput_ring = ring = ThroughputRing(interval=0.05, window=60)
+    ring.sample(broker.now(), broker.counters)
+    for _ in range(4):
+        await enqueue(broker)
+    for task in await claim(broker, max=3):
+        await broker.ack(task_id=task["task_id"], lease_token=task["lease_token"])
+    done_at = broker.now()
+    with anyio.fail_after(10):  # a snapshot after the acks (the sweeper's, or the read's)
+        while True:
+            reply = await broker.throughput()
+            if reply["samples"] and reply["samples"][-1]["at"] >= done_at:
+                break
+            await anyio.sleep(0.02)
+    assert reply["interval"] == 0.05 and reply["window"] == 60
+    counted = {name: 0.0 for name in ("enqueued", "claimed", "succeeded", "failed", "dead")}
+    for sample in reply["samples"]:
+        assert sample["seconds"] >= 0.05
+        for name in counted:
+            counted[name] += sample[name] * sample["seconds"]
+    assert counted == pytest.approx(
+        {"enqueued": 4, "claimed": 3, "succeeded": 3, "failed": 0, "dead": 0}
+    )
 
 
 async def test_fail_backs_off_growing_then_dead_at_max_attempts(

@@ -34,6 +34,7 @@ NESTED = {
     s.EarlierItem: "Parent",
     s.ScheduleInfo: "ScheduleInfo",
     s.QueueLimits: "QueueLimits",
+    s.ThroughputSample: "ThroughputSample",
 }
 #: Proto fields beyond the struct's: ``Parent`` is the wire's ``TaskId | EarlierItem`` (a oneof
 #: of a task id and an index); ``stats`` adds a ``limits`` object to each limited queue

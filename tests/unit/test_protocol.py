@@ -102,6 +102,7 @@ def test_every_protocol_op_has_a_model() -> None:
         "schedule_resume",
         "set_queue_limits",
         "queue_info",
+        "throughput",
     }
     assert set(p.REQUESTS) == ops
 

@@ -324,6 +324,10 @@ class QueueInfoRequest(_message.Message):
     queue: str
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
+class ThroughputRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -700,6 +704,34 @@ class QueueInfoReply(_message.Message):
     counts: QueueStats
     tokens: float
     def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., limits: _Optional[_Union[QueueLimits, _Mapping]] = ..., counts: _Optional[_Union[QueueStats, _Mapping]] = ..., tokens: _Optional[float] = ...) -> None: ...
+
+class ThroughputSample(_message.Message):
+    __slots__ = ("at", "seconds", "enqueued", "claimed", "succeeded", "failed", "dead")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    seconds: float
+    enqueued: float
+    claimed: float
+    succeeded: float
+    failed: float
+    dead: float
+    def __init__(self, at: _Optional[float] = ..., seconds: _Optional[float] = ..., enqueued: _Optional[float] = ..., claimed: _Optional[float] = ..., succeeded: _Optional[float] = ..., failed: _Optional[float] = ..., dead: _Optional[float] = ...) -> None: ...
+
+class ThroughputReply(_message.Message):
+    __slots__ = ("interval", "window", "samples")
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    interval: float
+    window: float
+    samples: _containers.RepeatedCompositeFieldContainer[ThroughputSample]
+    def __init__(self, interval: _Optional[float] = ..., window: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[ThroughputSample, _Mapping]]] = ...) -> None: ...
 
 class WorkOpen(_message.Message):
     __slots__ = ("worker", "client", "lease")

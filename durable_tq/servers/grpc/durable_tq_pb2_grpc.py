@@ -189,6 +189,11 @@ class DurableTQStub:
                 request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.SerializeToString,
                 response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
                 _registered_method=True)
+        self.Throughput = channel.unary_unary(
+                '/durable_tq.v1.DurableTQ/Throughput',
+                request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputRequest.SerializeToString,
+                response_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputReply.FromString,
+                _registered_method=True)
         self.Work = channel.stream_stream(
                 '/durable_tq.v1.DurableTQ/Work',
                 request_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.WorkRequest.SerializeToString,
@@ -385,6 +390,12 @@ class DurableTQServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Throughput(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Work(self, request_iterator, context):
         """The worker channel. The first message carries `open` (the worker's registration); then
         the worker sends `credit` (free slots) and `settles`, in any mix, and the broker pushes
@@ -551,6 +562,11 @@ def add_DurableTQServicer_to_server(servicer, server):
                     servicer.QueueInfo,
                     request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.FromString,
                     response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.SerializeToString,
+            ),
+            'Throughput': grpc.unary_unary_rpc_method_handler(
+                    servicer.Throughput,
+                    request_deserializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputRequest.FromString,
+                    response_serializer=durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputReply.SerializeToString,
             ),
             'Work': grpc.stream_stream_rpc_method_handler(
                     servicer.Work,
@@ -1395,6 +1411,33 @@ class DurableTQ:
             '/durable_tq.v1.DurableTQ/QueueInfo',
             durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoRequest.SerializeToString,
             durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.QueueInfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Throughput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable_tq.v1.DurableTQ/Throughput',
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputRequest.SerializeToString,
+            durable__tq_dot_servers_dot_grpc_dot_durable__tq__pb2.ThroughputReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from durable_tq import errors
 from durable_tq.core.broker import Broker, Result, Session
 from durable_tq.servers.http import auth, health, openapi
+from durable_tq.servers.http.dashboard import Dashboard
 from durable_tq.servers.http.metrics import Metrics
 from durable_tq.servers.http.routes import ROUTES, Route
 from durable_tq.wire import codec
@@ -242,7 +243,7 @@ class OpEndpoint:
         state = self.state
         if state.stopping:
             raise errors.ShuttingDown("the broker is stopping")
-        auth.check(state.settings, request.headers.get("authorization"), self.op.role)
+        auth.check_request(state.settings, request, self.op.role)
         if self.route.required_query:
             self._confirm(request)
         wire_request = await self.builder.build(request)
@@ -366,6 +367,7 @@ def build_app(state: HttpState) -> Starlette:
             "/openapi.json", lambda _: json_response(spec), methods=["GET"], name="openapi"
         ),
     ]
+    routes += Dashboard(state.settings).routes()
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.http = state
     return app

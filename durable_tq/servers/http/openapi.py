@@ -195,9 +195,18 @@ def build_spec() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "durable_tq_token",
+                    "description": "Set by the dashboard's login (base64url of the token). "
+                    "A POST, PUT or DELETE authenticated by it needs X-Durable-TQ-CSRF: 1.",
+                },
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"cookie": []}],
     }
 
 

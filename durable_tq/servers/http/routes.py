@@ -121,6 +121,8 @@ ROUTES: list[Route] = [
     Route("DELETE", "/v1/schedules/{name}", "schedule_remove"),
     Route("POST", "/v1/schedules/{name}/pause", "schedule_pause"),
     Route("POST", "/v1/schedules/{name}/resume", "schedule_resume"),
+    Route("GET", "/v1/throughput", "throughput",
+          summary="Tasks per second over the last 15 minutes, broker-wide (sampled in memory)."),
     Route("GET", "/v1/workers", "workers"),
     Route("POST", "/v1/workers/{worker_id}/state", "worker_state", body=True),
 ]  # fmt: skip
