@@ -115,11 +115,19 @@ def test_a_pre_hello_flood_that_never_reads_is_closed_at_the_hello_deadline(brok
 
 
 def test_sigterm_finishes_within_the_drain_time_with_a_peer_that_never_reads(brokers) -> None:  # type: ignore[no-untyped-def]
-    broker = brokers(drain_timeout=2)
+    # write_timeout far beyond the drain time: the replies of a 512 KB task fill the reply
+    # bound, so the requests read wait for a peer that never reads, and the reader waits for
+    # them (the state in which shutdown used to wait for write_timeout, not drain_timeout).
+    broker = brokers(drain_timeout=2, write_timeout=120)
+    owner = hostile.Peer(broker.port)
+    assert owner.hello()["ok"]
+    big = owner.request("enqueue", 2, queue="big", payload="z" * 512_000)["task_id"]
+    owner.close()
     peer = hostile.Peer(broker.port, rcvbuf=4096)
     assert peer.hello()["ok"]
-    sent = peer.flood(hostile.line("stats") * 5000, 5.0)
-    assert sent > 1 << 20
+    sent = peer.flood(hostile.line("get", task_id=big) * 200, 5.0)
+    assert sent > 4096
+    assert broker.rss_mb() > 0  # still serving
     code, took = broker.terminate(timeout=30)
     assert code == 0, broker.log_text()[-2000:]
     # drain_timeout + the 2 s linger + start-up slack
