@@ -342,13 +342,14 @@ class BrokerServer:
         """After connections have gone, hand freed heap back to the OS (glibc keeps it
         otherwise: measured, 1.75 GB stayed after six non-reading peers left). At most once
         a second, a moment after the last close; a no-op off glibc."""
-        if _malloc_trim is None:
+        malloc_trim = _find_malloc_trim()
+        if malloc_trim is None:
             return
         while True:
             await self._trim_wanted.wait()
             await anyio.sleep(1.0)  # let a burst of closes finish first
             self._trim_wanted = anyio.Event()
-            _malloc_trim(0)
+            malloc_trim(0)
 
     async def _handshake(
         self, raw: anyio.abc.SocketStream, number: int, peer: str, deadline: float
@@ -432,15 +433,14 @@ def _peer_name(stream: anyio.abc.SocketStream) -> str:
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None. Looked up when the server starts, not at import: the
+    CLI imports this module, and ``find_library`` runs ``ldconfig`` in a subprocess."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim: Callable[[int], int] = libc.malloc_trim
     except (OSError, AttributeError):
         return None
     return trim
-
-
-_malloc_trim = _find_malloc_trim()
 
 
 def raise_file_limit(settings: Settings) -> None:
