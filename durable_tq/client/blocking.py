@@ -141,10 +141,17 @@ class Client:
 
     def _call(self, method: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return self._portal.call(functools.partial(method, *args, **kwargs))
+            future = self._portal.start_task_soon(functools.partial(method, *args, **kwargs))
         except RuntimeError as exc:
             if "portal is not running" in str(exc):
                 raise errors.ConnectionLost("the client is closed") from exc
+            raise
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): the call must not live on in the portal
+            # thread, retrying or reconnecting, while close() waits for it to end.
+            future.cancel()
             raise
 
     def request(

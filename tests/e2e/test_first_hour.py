@@ -197,6 +197,39 @@ def test_stats_watch_into_a_pipe_prints_flushed_frames(
     assert watching.wait(LIMIT) == 0
 
 
+INTERRUPTED_WAIT = """
+import os, signal, sys, threading, time
+from durable_tq.client import Client
+client = Client.from_url(sys.argv[1])
+task = client.enqueue("nobody-works-here", 1)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    client.wait(task.task_id, timeout=120)  # nobody runs it: only Ctrl-C ends this
+except KeyboardInterrupt:
+    began = time.monotonic()
+    client.close()
+    print(f"closed in {time.monotonic() - began:.1f} s")
+"""
+
+
+def test_ctrl_c_during_a_blocking_call_lets_the_client_close_at_once(
+    serve_subprocess: Any,
+) -> None:
+    """Ctrl-C in the middle of a blocking call (``stats --watch``, a ``wait``): the call must
+    not go on in the client's portal thread while ``close()`` waits for it (it did: close
+    then waited out the call's own timeout)."""
+    broker = serve_subprocess()
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WAIT, broker.url],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("closed in "), done.stdout
+
+
 # --- 3, 4: finding the broker ----------------------------------------------------------------
 
 
