@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -87,10 +88,18 @@ class Cursor(psycopg.Cursor[Any]):
 
 
 def connect(url: str, *, application_name: str = "durable_tq") -> Connection:
-    """An autocommit connection: the store sends BEGIN and COMMIT itself."""
+    """An autocommit connection: the store sends BEGIN and COMMIT itself.
+
+    Its ``application_name`` ends with this process's pid (``durable_tq sweep pid=1234``),
+    so ``pg_stat_activity`` tells which broker process each session belongs to (and which
+    one holds the sweep lock: docs/postgres.md).
+    """
     try:
         conn: Connection = psycopg.connect(
-            url, autocommit=True, application_name=application_name, cursor_factory=Cursor
+            url,
+            autocommit=True,
+            application_name=f"{application_name} pid={os.getpid()}",
+            cursor_factory=Cursor,
         )
     except psycopg.Error as exc:
         raise errors.StorageError(
