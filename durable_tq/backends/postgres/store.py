@@ -417,7 +417,9 @@ class Store:
             self.before_commit(conn, state)
             state.keep_request()
         notes = self._count(conn, state)
+        committing = time.perf_counter()
         conn.execute("COMMIT")
+        self.stats.commit_seconds += time.perf_counter() - committing
         if notes[0]:
             self._notify(conn, notes)
         return state, None
