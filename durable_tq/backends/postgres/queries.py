@@ -397,11 +397,32 @@ QUEUE_LIMITS_OF = QUEUE_LIMITS + " WHERE name = %s"
 # take turns, so max_leased and key_concurrency count what the others leased.
 LOCK_LIMITED_QUEUE: str | None = "SELECT 1 FROM queues WHERE name = %s FOR UPDATE"
 
+# A new rate or burst starts a full bucket (tokens NULL), as a broker's memory bucket does.
 SET_QUEUE_LIMITS = """
 INSERT INTO queues (name, rate, burst, max_leased, key_concurrency)
 VALUES (%(queue)s, %(rate)s, %(burst)s, %(max_leased)s, %(key_concurrency)s)
 ON CONFLICT (name) DO UPDATE SET rate = excluded.rate, burst = excluded.burst,
-    max_leased = excluded.max_leased, key_concurrency = excluded.key_concurrency
+    max_leased = excluded.max_leased, key_concurrency = excluded.key_concurrency,
+    tokens = CASE WHEN (queues.rate, queues.burst) IS NOT DISTINCT FROM
+                       (excluded.rate, excluded.burst) THEN queues.tokens END
+"""
+
+# Rate limits across brokers: a rate-limited queue's token bucket is its row's tokens and
+# tokens_at (the database's clock). A claim locks the rows of the rate-limited queues it
+# claims from (in name order, so two claims never wait on each other crosswise), spends
+# tokens and writes them back in its own transaction: brokers take turns on one bucket.
+# SQLite keeps its buckets in the broker's memory (None there).
+LOCK_BUCKETS: str | None = """
+SELECT name, rate, burst, tokens, tokens_at,
+       extract(epoch FROM statement_timestamp())::double precision
+FROM queues WHERE name = ANY(%s) AND rate IS NOT NULL ORDER BY name FOR UPDATE
+"""
+SAVE_BUCKET: str | None = "UPDATE queues SET tokens = %s, tokens_at = %s WHERE name = %s"
+# A queue's bucket as it stands (queue_info), without a lock.
+BUCKET_OF: str | None = """
+SELECT name, rate, burst, tokens, tokens_at,
+       extract(epoch FROM statement_timestamp())::double precision
+FROM queues WHERE name = %s AND rate IS NOT NULL
 """
 
 QUEUE_COUNTS_OF = """
