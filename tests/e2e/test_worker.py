@@ -19,7 +19,7 @@ from durable_tq import Fail, Retry, TaskContext, Worker
 from durable_tq.client import AsyncClient, TaskInfo
 from durable_tq.servers.tcp import BrokerServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 #: Upper bound for any single wait in these tests; generous for slow machines.
 LIMIT = 30.0
@@ -361,7 +361,7 @@ async def test_a_task_longer_than_its_lease_is_extended_and_runs_once(
 
 
 async def test_a_lost_lease_is_logged_not_raised(
-    server: BrokerServer, client: AsyncClient, caplog: pytest.LogCaptureFixture
+    server: BrokerServer, client: AsyncClient, caplog: pytest.LogCaptureFixture, db_backend: str
 ) -> None:
     worker = make_worker(server.url)
     started = anyio.Event()
@@ -382,9 +382,10 @@ async def test_a_lost_lease_is_logged_not_raised(
         with anyio.fail_after(LIMIT):
             await started.wait()
         # Another claim took the task meanwhile (as after an expired lease): a new token.
+        mark = "%s" if db_backend == "postgres" else "?"
         await server.broker.store.write(
             lambda conn, batch: conn.execute(
-                "UPDATE tasks SET lease_token = 'stolen' WHERE id = ?", (result.task_id,)
+                f"UPDATE tasks SET lease_token = 'stolen' WHERE id = {mark}", (result.task_id,)
             )
         )
         go_on.set()
