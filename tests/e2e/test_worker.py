@@ -247,6 +247,23 @@ async def test_errors_are_bounded(fast_retry_url: str) -> None:
     assert len(task.last_error) <= 300
 
 
+async def test_a_nul_in_an_error_is_spelled_out(fast_retry_url: str) -> None:
+    """PostgreSQL's text cannot hold U+0000: the worker writes it as \\x00 in error texts,
+    so the fail is taken on either backend (the task does not hang on refused fails)."""
+    worker = make_worker(fast_retry_url)
+
+    @worker.task("binary")
+    def binary(payload: None) -> None:
+        raise ValueError("bad byte \x00 here")
+
+    async with AsyncClient.from_url(fast_retry_url) as client:
+        result = await binary.enqueue(None, max_attempts=1)
+        await drain(worker)
+        task = await client.get(result.task_id)
+    assert (task.state, task.attempts) == ("dead", 1)
+    assert task.last_error is not None and "ValueError: bad byte \\x00 here" in task.last_error
+
+
 async def test_retry_with_delay_and_fail(fast_retry_url: str) -> None:
     worker = make_worker(fast_retry_url)
     calls: Counter[str] = Counter()

@@ -77,6 +77,23 @@ def describe_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+#: Why psycopg refuses a str parameter that holds U+0000 (client-side, no SQLSTATE).
+_NUL_REFUSED = "cannot contain NUL"
+NUL_MESSAGE = (
+    "a text argument (a queue name, key, error or progress message, schedule field...) "
+    "holds a NUL character (\\u0000), which PostgreSQL cannot store in text; JSON payloads, "
+    "results and meta may hold \\u0000 (docs/postgres.md)"
+)
+
+
+def request_error(exc: psycopg.Error, doing: str) -> errors.DurableTQError:
+    """A psycopg error in one request: ``bad_request`` when its own arguments are at fault
+    (a NUL character in a text parameter), else a storage error."""
+    if isinstance(exc, psycopg.DataError) and _NUL_REFUSED in str(exc):
+        return errors.BadRequest(NUL_MESSAGE)
+    return storage_error(exc, doing)
+
+
 class Cursor(psycopg.Cursor[Any]):
     """psycopg's cursor with sqlite3's ``lastrowid``: the id an ``INSERT ... RETURNING id``
     gave (``queries.INSERT_TASK``), or None when it inserted nothing."""
@@ -440,8 +457,9 @@ class Store:
         except _RETRYABLE:
             raise
         except psycopg.Error as exc:
-            log.error("write request failed in PostgreSQL: %s", exc)
-            pending.error = storage_error(exc, "writing")
+            pending.error = request_error(exc, "writing")
+            if not isinstance(pending.error, errors.BadRequest):
+                log.error("write request failed in PostgreSQL: %s", exc)
             state.begin_request()
             if pending.atomic:
                 return False
@@ -548,7 +566,7 @@ class Store:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
         except psycopg.Error as exc:
-            raise storage_error(exc, "reading") from exc
+            raise request_error(exc, "reading") from exc
 
     def may_have_ready(self, queues: Iterable[str]) -> bool:
         """Always True: another broker may have committed ready tasks there."""
