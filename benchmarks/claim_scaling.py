@@ -340,6 +340,10 @@ async def measure(
         for label, settings in settings_by_label.items():
             broker = await stack.enter_async_context(Broker(settings))
             await warm_up(broker, args)
+            if settings.db_url is not None:  # --pg: statistics as the sweeping broker keeps them
+                import claim_scaling_pg
+
+                await anyio.to_thread.run_sync(claim_scaling_pg.analyze, settings.db_url)
             brokers[label] = (broker, SqlTimer(broker))
         order = list(brokers)
         for round_number in range(1, args.rounds + 1):

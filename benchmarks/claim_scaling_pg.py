@@ -4,7 +4,8 @@ The measurements are claim_scaling.py's own (the real Broker, its claims, enqueu
 stats, interleaved between the two tables); what differs is where the tables are: two
 databases ``durable_tq_claim_scaling_<rows>`` created on the server of URL (dropped first if
 they exist, left afterwards for a look), filled with ``COPY``, with ``queue_counts`` set from
-a count of the rows (slot 0) and ``VACUUM ANALYZE`` run, as a day of autovacuum would have.
+a count of the rows (slot 0) and ``VACUUM ANALYZE`` run, as a day of autovacuum would have;
+both are analyzed again after the warm-up (the broker here runs no sweeper to do it).
 The plans are PostgreSQL's ``EXPLAIN`` of the same named statements (``backends.postgres``).
 """
 
@@ -63,6 +64,13 @@ def fill_table(
             )
         conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - start
+
+
+def analyze(url: str) -> None:
+    """Statistics of the tasks table as they stand, as the sweeping broker (or autovacuum)
+    would have taken them by now: the broker here runs no sweeper."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE tasks")
 
 
 def table_shape(url: str) -> dict[str, int]:

@@ -231,3 +231,25 @@ async def test_a_rate_limit_holds_across_brokers(
     ]
     assert not over, f"(tasks, seconds) handed out faster than the rate: {over[:5]}"
     assert info["limits"]["rate"] == rate and 0 <= info["tokens"] <= burst
+
+
+async def test_the_sweeping_broker_keeps_the_statistics_of_tasks_fresh(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    """Without statistics the partial indexes look tiny and a claim by ids reads every ready
+    task; the sweeping broker analyzes tasks once enough rows changed (autovacuum may be
+    off, as on this machine's server)."""
+    import psycopg
+
+    (a,) = brokers(serve_subprocess, pg_url, 1)
+    async with raw_connect(a.url) as conn:
+        for _ in range(3):
+            tasks = [{"queue": "stats", "payload": i} for i in range(1000)]
+            assert (await conn.request("enqueue_many", tasks=tasks))["ok"]
+    wait_for_log(a, "analyzed tasks", within=60.0)
+    with psycopg.connect(pg_url) as check:
+        row = check.execute(
+            "SELECT last_analyze, reltuples FROM pg_stat_user_tables s"
+            " JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'tasks'"
+        ).fetchone()
+    assert row is not None and row[0] is not None and row[1] >= 3000

@@ -384,6 +384,17 @@ DELETE FROM workers WHERE connected = 0 AND last_heartbeat <= %(cutoff)s
 NEXT_DUE = "SELECT min(run_at) FROM tasks WHERE state = 'scheduled'"
 NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"
 
+# Statistics: claims plan well only when the tasks table's statistics are fresh (without them
+# the partial indexes on state look tiny, and a claim by ids reads every ready task). A queue
+# table changes fast, so the sweeping broker checks, and runs ANALYZE itself when this many
+# rows changed since the last one (autovacuum's rule; it does the same when it is on).
+TASKS_CHANGED_SINCE_ANALYZE = """
+SELECT s.n_mod_since_analyze, greatest(c.reltuples, 0)
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.relid = 'tasks'::regclass
+"""
+ANALYZE_TASKS = "ANALYZE (SKIP_LOCKED) tasks"
+
 # --- queue limits (durable_tq.core.limits) --------------------------------------------------------
 
 QUEUE_STATE_COUNT = """

@@ -58,6 +58,12 @@ NOTIFY: str = queries.NOTIFY or ""
 RETRIES = 8
 #: Task ids per dtq_done notification (a payload holds at most 8000 bytes).
 IDS_PER_NOTIFY = 400
+#: The sweeping broker looks at the tasks table's statistics this often (seconds), and
+#: analyzes it when more rows than ANALYZE_MIN_CHANGES and ANALYZE_FRACTION of the table
+#: changed since its last ANALYZE (``queries.TASKS_CHANGED_SINCE_ANALYZE``).
+ANALYZE_CHECK_EVERY = 5.0
+ANALYZE_MIN_CHANGES = 1000
+ANALYZE_FRACTION = 0.1
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -160,6 +166,7 @@ class Store:
         self._next_reader = 0
         self._lead_conn: Connection | None = None
         self._leading = False
+        self._statistics_checked = 0.0
         self._lead_thread = ThreadPoolExecutor(1, thread_name_prefix="durable_tq-pg-lead")
         self.listener: Listener | None = None
         #: Backend pids of this broker's writer sessions: their notifications are our own.
@@ -212,8 +219,15 @@ class Store:
     def _migrate(conn: Connection) -> None:
         try:
             migrate.apply_migrations(conn)
+            autovacuum = conn.execute("SELECT current_setting('autovacuum')").fetchone()
         except psycopg.Error as exc:
             raise storage_error(exc, "migrating") from exc
+        if autovacuum is not None and autovacuum[0] != "on":
+            log.warning(
+                "autovacuum is off on this PostgreSQL server: the dead rows every claim and "
+                "ack leave in tasks and its indexes are never cleaned up, and claims slow "
+                "down as tasks go through; turn it on (docs/postgres.md)"
+            )
 
     async def _on(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         loop = self._loop or asyncio.get_running_loop()
@@ -270,12 +284,13 @@ class Store:
             conn = self._lead_session()
             # Still ours? A session that died took the lock with it.
             conn.execute("SELECT 1").fetchone()
+            if not self._leading:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
+                self._leading = bool(row and row[0])
+                if self._leading:
+                    log.info("this broker runs the sweeps now (advisory lock taken)")
             if self._leading:
-                return True
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
-            self._leading = bool(row and row[0])
-            if self._leading:
-                log.info("this broker runs the sweeps now (advisory lock taken)")
+                self._keep_statistics(conn)
             return self._leading
         except (psycopg.Error, errors.StorageError) as exc:
             log.warning("sweep lock session lost: %s", exc)
@@ -284,6 +299,28 @@ class Store:
             self._lead_conn = None
             self._leading = False
             return False
+
+    def _keep_statistics(self, conn: Connection) -> None:
+        """ANALYZE the tasks table when it changed much since its statistics were taken
+        (``queries.TASKS_CHANGED_SINCE_ANALYZE`` says why), on the sweep session."""
+        now = time.monotonic()
+        if now - self._statistics_checked < ANALYZE_CHECK_EVERY:
+            return
+        self._statistics_checked = now
+        row = conn.execute(queries.TASKS_CHANGED_SINCE_ANALYZE).fetchone()
+        if row is None or row[0] <= max(ANALYZE_MIN_CHANGES, ANALYZE_FRACTION * row[1]):
+            return
+        started = time.perf_counter()
+        try:
+            conn.execute(queries.ANALYZE_TASKS)
+        except psycopg.Error as exc:  # e.g. not the table's owner: the sweeps go on
+            log.warning("could not analyze the tasks table: %s", exc)
+            return
+        log.info(
+            "analyzed tasks (%d rows changed since its statistics) in %.0f ms",
+            row[0],
+            (time.perf_counter() - started) * 1000,
+        )
 
     # --- notifications from other brokers ------------------------------------------------------
 
