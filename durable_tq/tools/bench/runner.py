@@ -224,7 +224,7 @@ class Bench:
             self.brokers.append(broker)
             self.endpoints.append(broker.start())
         self.broker, self.endpoint = self.brokers[0], self.endpoints[0]
-        return self.broker.pid, "synchronous_commit=on (PostgreSQL)"
+        return self.broker.pid, "on (PostgreSQL synchronous_commit)"
 
     def __exit__(self, *exc_info: object) -> None:
         if self.progress is not None:
