@@ -23,9 +23,10 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("durable_tq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(n for n in names if n.startswith("durable_tq/_migrations/"))
-    in_repo = sorted(p.name for p in (ROOT / "migrations" / "sqlite").glob("*.sql"))
-    assert [Path(n).name for n in shipped] == in_repo
+    for backend in ("sqlite", "postgres"):  # each backend's numbered files, all of them
+        shipped = sorted(n for n in names if n.startswith(f"durable_tq/_migrations/{backend}/"))
+        in_repo = sorted(p.name for p in (ROOT / "migrations" / backend).glob("*.sql"))
+        assert [Path(n).name for n in shipped] == in_repo, backend
     assert not any(n.startswith("tests/") for n in names)  # tests stay out of the wheel
 
     # Import the package from the unpacked wheel, far from the repository, and migrate a file.
@@ -47,4 +48,5 @@ def test_the_wheel_ships_the_migrations_and_finds_them(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     where, counts = ran.stdout.splitlines()
     assert where.startswith(str(site)) and "_migrations" in where
-    assert counts == f"{len(in_repo)} {len(in_repo)}"
+    sqlite_files = len(list((ROOT / "migrations" / "sqlite").glob("*.sql")))
+    assert counts == f"{sqlite_files} {sqlite_files}"

@@ -500,6 +500,8 @@ class _Fleet:
                 zero_since = None
             time.sleep(0.25)
         self.tally.drain_seconds = time.monotonic() - began
+        # A broker killed late may still be down: every one must come back and stop cleanly.
+        self._await_brokers()
         for child in self.consumers:
             self._stop_child(child)
         stops = []
