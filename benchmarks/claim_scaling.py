@@ -24,6 +24,9 @@ table would show first. Finally it prints the query plans of the claim and sweep
 the big table, and exits with status 1 if one of them scans the tasks table.
 
     python benchmarks/claim_scaling.py --rows 1000000 --claims 5000 [--json results.json]
+    python benchmarks/claim_scaling.py --pg postgresql://postgres@127.0.0.1:5432/postgres
+
+With ``--pg`` the two tables are PostgreSQL databases on that server (claim_scaling_pg.py).
 
 Results and how to read them: docs/benchmarks.md, "Claim cost vs. table size" and "The key
 index: what it saves, what it costs".
@@ -253,7 +256,7 @@ async def claim_and_ack(
     done = 0
     while done < count:
         start = time.perf_counter()
-        reply = await broker.claim(queues, min(per_claim, count - done), session=session)
+        reply = await broker.claim(queues, max=min(per_claim, count - done), session=session)
         latencies.append(time.perf_counter() - start)
         tasks = reply["tasks"]
         if not tasks:
@@ -268,7 +271,7 @@ async def sweep_repeatedly(broker: Broker, count: int, latencies: list[float]) -
         start = time.perf_counter()
         now = time.time()
         await broker.store.write(
-            lambda conn, batch, now=now: sweep_once(conn, batch, broker.settings, now)
+            lambda conn, batch, now=now: sweep_once(conn, batch, broker.settings, now, broker.sql)
         )
         latencies.append(time.perf_counter() - start)
     return 0
@@ -409,6 +412,10 @@ async def measure(
             broker = await stack.enter_async_context(Broker(settings))
             with key_index_hints(label not in without_key_index):
                 await warm_up(broker, args)
+            if settings.db_url is not None:  # --pg: statistics as the sweeping broker keeps them
+                import claim_scaling_pg
+
+                await anyio.to_thread.run_sync(claim_scaling_pg.analyze, settings.db_url)
             brokers[label] = (broker, SqlTimer(broker))
         order = list(brokers)
         for round_number in range(1, args.rounds + 1):
@@ -579,7 +586,9 @@ def partial_indexes(db_path: Path) -> dict[str, str]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def settings_for(db_path: Path, args: argparse.Namespace) -> Settings:
+def settings_for(db_path: Path | str, args: argparse.Namespace) -> Settings:
+    if isinstance(db_path, str):  # a PostgreSQL database (--pg)
+        return load_settings(db_url=db_path, max_queue_depth=0, retention=7 * 86400.0)
     return load_settings(
         db_path=db_path, max_queue_depth=0, synchronous=args.synchronous, retention=7 * 86400.0
     )
@@ -631,7 +640,54 @@ def inspect_database(db_path: Path, key_index: bool = True) -> dict[str, Any]:
     }
 
 
+async def prepare_postgres(url: str, args: argparse.Namespace, rows: int) -> dict[str, Any]:
+    """claim_scaling_pg: a fresh database at ``url``, schema by the broker, ``rows`` tasks."""
+    import claim_scaling_pg as pg
+
+    await anyio.to_thread.run_sync(pg.recreate, url)
+    async with Broker(settings_for(url, args)):
+        pass  # opening migrates the new database
+    info: dict[str, Any] = {"fill_seconds": 0.0}
+    if rows:
+        seconds = await anyio.to_thread.run_sync(
+            pg.fill_table, url, rows, args.finished_fraction, args.seed, fill_columns(),
+            fill_rows, QUEUES,
+        )  # fmt: skip
+        info["fill_seconds"] = round(seconds, 2)
+    info["before"] = await anyio.to_thread.run_sync(pg.table_shape, url)
+    return info
+
+
+async def run_postgres(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """``--pg``: the same measurements on two PostgreSQL databases (claim_scaling_pg)."""
+    import claim_scaling_pg as pg
+
+    report: dict[str, Any] = {"environment": environment(), "args": vars(args).copy()}
+    scenarios: dict[str, dict[str, Any]] = {}
+    urls: dict[str, str] = {}
+    for label, rows in (("empty", 0), (f"{args.rows:,} rows", args.rows)):
+        urls[label] = pg.database_url(args.pg, rows)
+        console.log(f"[bold]{label}[/]: preparing {urls[label]}")
+        scenarios[label] = await prepare_postgres(urls[label], args, rows)
+        if rows:
+            info = scenarios[label]
+            console.log(f"filled {rows:,} rows in {info['fill_seconds']} s: {info['before']}")
+    settings = {label: settings_for(url, args) for label, url in urls.items()}
+    measured = await measure(settings, args, console)
+    for label, url in urls.items():
+        inspected = await anyio.to_thread.run_sync(pg.inspect_database, url, PLANNED)
+        scenarios[label]["db_bytes"] = inspected.pop("db_bytes")
+        scenarios[label]["measurements"] = [m.summary() for m in measured[label]]
+        report["environment"]["postgresql"] = inspected.pop("postgresql")
+        report.update(inspected)  # the last one wins: plans on the big table
+    report["scenarios"] = scenarios
+    report["full_scans"] = pg.full_scans(report["plans"])
+    return report
+
+
 async def run(args: argparse.Namespace, folder: Path, console: Console) -> dict[str, Any]:
+    if args.pg is not None:
+        return await run_postgres(args, console)
     report: dict[str, Any] = {"environment": environment(), "args": vars(args).copy()}
     report["args"]["db"] = str(folder)
     scenarios: dict[str, dict[str, Any]] = {}
@@ -700,7 +756,12 @@ def comparison_table(report: dict[str, Any], labels: list[str], title: str) -> T
     """Every phase on two databases side by side, and the ratios second / first."""
     base, big = (report["scenarios"][label]["measurements"] for label in labels)
     table = Table(
-        title=f"{title} (synchronous={report['args']['synchronous']})",
+        title=f"{title} "
+        + (
+            f"(PostgreSQL {report['environment'].get('postgresql')})"
+            if report["args"].get("pg")
+            else f"(synchronous={report['args']['synchronous']})"
+        ),
         caption="tasks/s and latency are wall clock per call, commit included; SQL is the "
         "broker's statements for the call on the database thread, without the commit. "
         f"cost x = time per task (per call for sweep/stats) on {labels[1]} / on {labels[0]}; "
@@ -831,6 +892,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="folder for the benchmark databases (default: a temporary one, removed afterwards)",
     )
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL", type=str.upper)
+    parser.add_argument(
+        "--pg",
+        default=None,
+        metavar="URL",
+        help="measure on PostgreSQL instead: databases durable_tq_claim_scaling_<rows> are "
+        "(re)created on the server of this postgresql:// URL and left there",
+    )
     parser.add_argument(
         "--rounds",
         type=positive,

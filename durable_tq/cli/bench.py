@@ -67,6 +67,22 @@ def bench(
     token: Annotated[
         str | None, typer.Option(help="Auth token of the --url broker.", show_default=False)
     ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Start the brokers on this PostgreSQL database (postgresql://USER@HOST:PORT/DB) "
+            "instead of a SQLite file; bench* queues are purged afterwards.",
+            show_default=False,
+        ),
+    ] = None,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Brokers to start on the --db database; each measurement's load processes "
+            "are spread over them.",
+        ),
+    ] = 1,
     db_dir: Annotated[
         Path | None,
         typer.Option(
@@ -108,6 +124,8 @@ def bench(
     Starts its own broker (python -m durable_tq serve) on a temporary database unless --url is
     given, drives it from separate load processes, and prints throughput, latency percentiles,
     commits per task and the broker's memory, next to what SQLite alone manages on the same disk.
+    With --db postgresql://... it starts --brokers brokers on that database instead and spreads
+    each measurement's load processes over them (docs/benchmarks.md, PostgreSQL).
     """
     level = synchronous.upper()
     if level not in ("FULL", "NORMAL"):
@@ -120,6 +138,12 @@ def bench(
             f"error: unknown scenario(s) {', '.join(unknown)}; "
             f"choose from {', '.join(names.SCENARIO_NAMES)}"
         )
+        raise typer.Exit(EXIT_USAGE)
+    if db is not None and (url is not None or not db.startswith(("postgresql://", "postgres://"))):
+        error_console().print("error: --db takes a postgresql:// URL, and not with --url")
+        raise typer.Exit(EXIT_USAGE)
+    if brokers > 1 and db is None:
+        error_console().print("error: several brokers share a PostgreSQL database: give --db")
         raise typer.Exit(EXIT_USAGE)
     if importlib.util.find_spec("psutil") is None:
         error_console().print(MISSING_EXTRA, markup=False)
@@ -142,6 +166,8 @@ def bench(
         repeat=repeat,
         profile_dir=profile_dir,
         claim_scaling_args=tuple(claim_scaling_arg or ()),
+        db_url=db,
+        brokers=brokers,
     )
     progress_console = error_console()
     show_progress = progress_console.is_terminal

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -1536,15 +1536,29 @@ class Broker:
     ) -> Any:
         """Lease across ``queues`` when some have limits: the best tasks each queue lets out."""
         now = time.monotonic()
-        ids = limits.pick_across(
-            conn, batch, queues, limit, self.limits, self.buckets, now, self.sql
-        )
-        if not ids:
-            return []
-        params["ids"] = json.dumps(ids)
-        rows = conn.execute(self.sql.LEASE_IDS, params).fetchall()
-        limits.take_tokens(self.buckets, [r[1] for r in rows], now)
+        buckets = self.buckets
+        rated = [q for q in queues if q in buckets] if self.sql.LOCK_BUCKETS is not None else []
+        if rated:  # shared by several brokers: the buckets are in the queues' rows
+            buckets, now = limits.lock_buckets(conn, rated, self.sql)
+        ids = limits.pick_across(conn, batch, queues, limit, self.limits, buckets, now, self.sql)
+        rows = []
+        if ids:
+            params["ids"] = json.dumps(ids)
+            rows = conn.execute(self.sql.LEASE_IDS, params).fetchall()
+            limits.take_tokens(buckets, [r[1] for r in rows], now)
+        if rated:
+            limits.save_buckets(conn, buckets, {r[1] for r in rows}, self.sql)
+            self._mirror_buckets(buckets)
         return rows
+
+    def _mirror_buckets(self, stored: Mapping[str, limits.TokenBucket]) -> None:
+        """Set the memory buckets to the stored ones as just seen (other brokers spend from
+        them too), so a parked claim waits until a token is due rather than spinning."""
+        moment = time.monotonic()
+        for queue, bucket in stored.items():
+            mirror = self.buckets.get(queue)
+            if mirror is not None:
+                mirror.tokens, mirror.updated_at = bucket.tokens, moment
 
     async def set_queue_limits(
         self,
@@ -1568,21 +1582,28 @@ class Broker:
         return await self.queue_info(queue)
 
     async def queue_info(self, queue: str, *, session: Session | None = None) -> Result:
-        def read(conn: sqlite3.Connection) -> tuple[Any, Any]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, Any, Any]:
             row = conn.execute(self.sql.QUEUE_LIMITS_OF, (queue,)).fetchone()
-            return row, conn.execute(self.sql.QUEUE_COUNTS_OF, (queue,)).fetchall()
+            counts = conn.execute(self.sql.QUEUE_COUNTS_OF, (queue,)).fetchall()
+            stored = None  # a bucket shared by several brokers, kept in the row
+            if self.sql.BUCKET_OF is not None:
+                stored = conn.execute(self.sql.BUCKET_OF, (queue,)).fetchone()
+            return row, counts, stored
 
-        row, counts = await self.store.read(read)
+        row, counts, stored = await self.store.read(read)
         if row is None and not counts:
             raise errors.NotFound(f"queue {queue!r} does not exist")
         bucket = self.buckets.get(queue)
+        tokens = None if bucket is None else bucket.available(time.monotonic())
+        if stored is not None:
+            tokens = limits.bucket_of_row(*stored[1:]).available(stored[5])
         queue_limits = self.limits.get(queue, limits.QueueLimits())
         return {
             "queue": queue,
             "paused": queue in self.paused,
             "limits": queue_limits.to_wire(),
             "counts": {state.value: 0 for state in TaskState} | dict(counts),
-            "tokens": None if bucket is None else bucket.available(time.monotonic()),
+            "tokens": tokens,
         }
 
     def _count_settled(self, outcomes: Sequence[tuple[str, str | None]]) -> None:

@@ -7,7 +7,12 @@ transaction, and an unlimited queue never comes here (the claim path checks a se
 - ``rate``: at most ``rate`` tasks per second handed out, across all workers. A token bucket
   of ``burst`` tokens (default 1: smooth) kept in memory, refilled by the clock. A restart
   starts every bucket full: a broker restarted within a second may hand out up to ``burst``
-  tasks more than the rate in that second.
+  tasks more than the rate in that second. On a store shared by several brokers
+  (PostgreSQL: ``sql.LOCK_BUCKETS``) the bucket is kept in the queue's row instead, on the
+  database's clock, and each claim spends from it under the row lock in its own transaction
+  (:func:`lock_buckets`, :func:`save_buckets`): the rate holds across brokers, and a broker
+  restart changes nothing. The memory bucket then mirrors the row as last seen, for a parked
+  claim to know when to look again.
 - ``max_leased``: at most this many of the queue's tasks leased at once (``queue_counts``
   knows the leased count: no rows are counted).
 - ``key_concurrency``: at most this many tasks with the same ``concurrency_key`` leased at
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,6 +91,40 @@ class TokenBucket:
         self.refill(now)
         missing = 1.0 - self.tokens
         return 0.0 if missing <= 1e-9 else missing / self.rate
+
+
+def bucket_of_row(
+    rate: float, burst: int | None, tokens: float | None, tokens_at: float | None, now: float
+) -> TokenBucket:
+    """A bucket kept in a ``queues`` row (``tokens`` None: full), as it stands at ``now``."""
+    bucket = TokenBucket(rate, burst, now)
+    if tokens is not None:
+        bucket.tokens = tokens
+        bucket.updated_at = now if tokens_at is None else tokens_at
+    return bucket
+
+
+def lock_buckets(
+    conn: sqlite3.Connection, queues: Sequence[str], sql: Any
+) -> tuple[dict[str, TokenBucket], float]:
+    """The stored buckets of the rate-limited ``queues``, their rows locked until the
+    transaction ends, and the database's clock (Unix seconds) to spend them at."""
+    rows = conn.execute(sql.LOCK_BUCKETS, (sorted(queues),)).fetchall()
+    now = float(rows[0][5]) if rows else 0.0
+    return {
+        name: bucket_of_row(rate, burst, tokens, tokens_at, now)
+        for name, rate, burst, tokens, tokens_at, _ in rows
+    }, now
+
+
+def save_buckets(
+    conn: sqlite3.Connection, buckets: Mapping[str, TokenBucket], queues: Iterable[str], sql: Any
+) -> None:
+    """Write back the buckets of ``queues`` (those that spent tokens)."""
+    for queue in queues:
+        bucket = buckets.get(queue)
+        if bucket is not None:
+            conn.execute(sql.SAVE_BUCKET, (bucket.tokens, bucket.updated_at, queue))
 
 
 def leased_count(conn: sqlite3.Connection, batch: Batch, queue: str, sql: Any = queries) -> int:

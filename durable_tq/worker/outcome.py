@@ -127,6 +127,9 @@ def _type_name(exc: BaseException) -> str:
 
 
 def _bounded(text: str, limit: int) -> str:
+    # Error texts are for people; a NUL character (PostgreSQL's text cannot hold one) is
+    # spelled out, so the broker takes the fail on either backend.
+    text = text.replace("\x00", "\\x00")
     if len(text) <= limit:
         return text
     marker = " ... (truncated)"

@@ -24,7 +24,7 @@ from durable_tq.servers.grpc.service import rpc_name
 from durable_tq.servers.tcp import BrokerServer
 from durable_tq.wire.ops import OPS
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 LIMIT = 20.0
 

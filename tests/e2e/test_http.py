@@ -25,7 +25,7 @@ from durable_tq.servers.http.routes import ROUTES, UNROUTED
 from durable_tq.servers.tcp import BrokerServer
 from durable_tq.wire.ops import OPS
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 HttpBroker = Callable[..., AbstractAsyncContextManager[tuple[BrokerServer, httpx.AsyncClient]]]
 
@@ -383,6 +383,7 @@ async def test_shutdown_ends_long_polls_and_hands_back(make_server: Callable[...
 # --- health and metrics -----------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # the SQLite file's write-ahead log
 async def test_readyz_goes_503_when_the_wal_is_deleted(http_broker: HttpBroker) -> None:
     async with http_broker(file_check_interval=0.1) as (server, http):
         assert (await http.get("/healthz")).json() == {"status": "ok"}

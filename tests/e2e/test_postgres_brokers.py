@@ -184,3 +184,72 @@ async def check_stored(
         for task_id in stranded:
             task = (await conn.request("get", task_id=task_id))["task"]
             assert task["attempts"] == 2 and task["state"] == "succeeded"
+
+
+async def test_a_rate_limit_holds_across_brokers(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    """rate=20/s (burst 2) and 100 tasks claimed as fast as two brokers will hand them out.
+
+    Each broker alone would let 20/s out of its own bucket (40/s together); the bucket in the
+    queue's row lets 20/s out across both. Checked on the moments the leases began (each
+    lease's expiry less its length, the brokers' clocks), not on how long the test took:
+    in every stretch of those moments at most burst + rate x its length tasks began, plus
+    one for the clocks' slack. A slow machine only spreads the moments further apart."""
+    a, b = brokers(serve_subprocess, pg_url, 2)
+    rate, burst, lease, total = 20.0, 2, 120.0, 100
+    began: list[float] = []
+    by_broker: dict[str, int] = {}
+    async with raw_connect(a.url) as on_a, raw_connect(b.url) as on_b:
+        await on_a.request("set_queue_limits", queue="rated", rate=rate, burst=burst)
+        tasks = [{"queue": "rated", "payload": i} for i in range(total)]
+        assert (await on_a.request("enqueue_many", tasks=tasks))["ok"]
+        with anyio.fail_after(20):  # b has heard of the limit (notified, or its next sweep)
+            while (await on_b.request("queue_info", queue="rated"))["limits"]["rate"] != rate:  # noqa: ASYNC110 - b's answer is the signal
+                await anyio.sleep(0.02)
+
+        async def claim(conn: RawConnection, name: str) -> None:
+            while len(began) < total:
+                reply = await conn.request("claim", queues=["rated"], max=10, wait=1, lease=lease)
+                for task in reply["tasks"]:
+                    began.append(task["lease_expires_at"] - lease)
+                    by_broker[name] = by_broker.get(name, 0) + 1
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim, on_a, "a")
+                tg.start_soon(claim, on_b, "b")
+        info = await on_b.request("queue_info", queue="rated")
+    assert len(began) == total
+    assert by_broker.get("a", 0) > 0 and by_broker.get("b", 0) > 0, by_broker
+    began.sort()
+    over = [
+        (j - i + 1, round(began[j] - began[i], 3))
+        for i in range(total)
+        for j in range(i, total)
+        if j - i + 1 > burst + rate * (began[j] - began[i]) + 1
+    ]
+    assert not over, f"(tasks, seconds) handed out faster than the rate: {over[:5]}"
+    assert info["limits"]["rate"] == rate and 0 <= info["tokens"] <= burst
+
+
+async def test_the_sweeping_broker_keeps_the_statistics_of_tasks_fresh(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    """Without statistics the partial indexes look tiny and a claim by ids reads every ready
+    task; the sweeping broker analyzes tasks once enough rows changed (autovacuum may be
+    off, as on this machine's server)."""
+    import psycopg
+
+    (a,) = brokers(serve_subprocess, pg_url, 1)
+    async with raw_connect(a.url) as conn:
+        for _ in range(3):
+            tasks = [{"queue": "stats", "payload": i} for i in range(1000)]
+            assert (await conn.request("enqueue_many", tasks=tasks))["ok"]
+    wait_for_log(a, "analyzed tasks", within=60.0)
+    with psycopg.connect(pg_url) as check:
+        row = check.execute(
+            "SELECT last_analyze, reltuples FROM pg_stat_user_tables s"
+            " JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'tasks'"
+        ).fetchone()
+    assert row is not None and row[0] is not None and row[1] >= 3000

@@ -19,7 +19,7 @@ from durable_tq import Fail, Retry, TaskContext, Worker
 from durable_tq.client import AsyncClient, TaskInfo
 from durable_tq.servers.tcp import BrokerServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 #: Upper bound for any single wait in these tests; generous for slow machines.
 LIMIT = 30.0
@@ -247,6 +247,23 @@ async def test_errors_are_bounded(fast_retry_url: str) -> None:
     assert len(task.last_error) <= 300
 
 
+async def test_a_nul_in_an_error_is_spelled_out(fast_retry_url: str) -> None:
+    """PostgreSQL's text cannot hold U+0000: the worker writes it as \\x00 in error texts,
+    so the fail is taken on either backend (the task does not hang on refused fails)."""
+    worker = make_worker(fast_retry_url)
+
+    @worker.task("binary")
+    def binary(payload: None) -> None:
+        raise ValueError("bad byte \x00 here")
+
+    async with AsyncClient.from_url(fast_retry_url) as client:
+        result = await binary.enqueue(None, max_attempts=1)
+        await drain(worker)
+        task = await client.get(result.task_id)
+    assert (task.state, task.attempts) == ("dead", 1)
+    assert task.last_error is not None and "ValueError: bad byte \\x00 here" in task.last_error
+
+
 async def test_retry_with_delay_and_fail(fast_retry_url: str) -> None:
     worker = make_worker(fast_retry_url)
     calls: Counter[str] = Counter()
@@ -361,7 +378,7 @@ async def test_a_task_longer_than_its_lease_is_extended_and_runs_once(
 
 
 async def test_a_lost_lease_is_logged_not_raised(
-    server: BrokerServer, client: AsyncClient, caplog: pytest.LogCaptureFixture
+    server: BrokerServer, client: AsyncClient, caplog: pytest.LogCaptureFixture, db_backend: str
 ) -> None:
     worker = make_worker(server.url)
     started = anyio.Event()
@@ -382,9 +399,10 @@ async def test_a_lost_lease_is_logged_not_raised(
         with anyio.fail_after(LIMIT):
             await started.wait()
         # Another claim took the task meanwhile (as after an expired lease): a new token.
+        mark = "%s" if db_backend == "postgres" else "?"
         await server.broker.store.write(
             lambda conn, batch: conn.execute(
-                "UPDATE tasks SET lease_token = 'stolen' WHERE id = ?", (result.task_id,)
+                f"UPDATE tasks SET lease_token = 'stolen' WHERE id = {mark}", (result.task_id,)
             )
         )
         go_on.set()

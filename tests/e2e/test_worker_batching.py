@@ -14,7 +14,7 @@ import pytest
 from durable_tq import TaskContext, Worker
 from durable_tq.client import AsyncClient
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 LIMIT = 30.0
 

@@ -48,7 +48,11 @@ SET_TASK_OPTIONS = "UPDATE tasks SET result_ttl = %s, on_parent_failure = %s WHE
 
 # --- dependencies (task_deps) -------------------------------------------------------------------
 
-PARENT_STATE = "SELECT state FROM tasks WHERE id = %s"
+# FOR SHARE: a parent finishing on another broker at the same moment either commits first
+# (this read waits for it, then sees it finished: the child is not held) or waits for this
+# enqueue to commit (its CHILDREN_OF, a later statement, then sees the new task_deps row).
+# Without the lock both read before the other's commit and the child waited forever.
+PARENT_STATE = "SELECT state FROM tasks WHERE id = %s FOR SHARE"
 INSERT_DEP = "INSERT INTO task_deps (child, parent) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 HOLD_CHILD = "UPDATE tasks SET state = 'waiting', waiting_on = %s WHERE id = %s"
 CANCEL_AT_BIRTH = """
@@ -385,6 +389,17 @@ DELETE FROM workers WHERE connected = 0 AND last_heartbeat <= %(cutoff)s
 NEXT_DUE = "SELECT min(run_at) FROM tasks WHERE state = 'scheduled'"
 NEXT_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE state = 'leased'"
 
+# Statistics: claims plan well only when the tasks table's statistics are fresh (without them
+# the partial indexes on state look tiny, and a claim by ids reads every ready task). A queue
+# table changes fast, so the sweeping broker checks, and runs ANALYZE itself when this many
+# rows changed since the last one (autovacuum's rule; it does the same when it is on).
+TASKS_CHANGED_SINCE_ANALYZE = """
+SELECT s.n_mod_since_analyze, greatest(c.reltuples, 0)
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.relid = 'tasks'::regclass
+"""
+ANALYZE_TASKS = "ANALYZE (SKIP_LOCKED) tasks"
+
 # --- queue limits (durable_tq.core.limits) --------------------------------------------------------
 
 QUEUE_STATE_COUNT = """
@@ -398,11 +413,32 @@ QUEUE_LIMITS_OF = QUEUE_LIMITS + " WHERE name = %s"
 # take turns, so max_leased and key_concurrency count what the others leased.
 LOCK_LIMITED_QUEUE: str | None = "SELECT 1 FROM queues WHERE name = %s FOR UPDATE"
 
+# A new rate or burst starts a full bucket (tokens NULL), as a broker's memory bucket does.
 SET_QUEUE_LIMITS = """
 INSERT INTO queues (name, rate, burst, max_leased, key_concurrency)
 VALUES (%(queue)s, %(rate)s, %(burst)s, %(max_leased)s, %(key_concurrency)s)
 ON CONFLICT (name) DO UPDATE SET rate = excluded.rate, burst = excluded.burst,
-    max_leased = excluded.max_leased, key_concurrency = excluded.key_concurrency
+    max_leased = excluded.max_leased, key_concurrency = excluded.key_concurrency,
+    tokens = CASE WHEN (queues.rate, queues.burst) IS NOT DISTINCT FROM
+                       (excluded.rate, excluded.burst) THEN queues.tokens END
+"""
+
+# Rate limits across brokers: a rate-limited queue's token bucket is its row's tokens and
+# tokens_at (the database's clock). A claim locks the rows of the rate-limited queues it
+# claims from (in name order, so two claims never wait on each other crosswise), spends
+# tokens and writes them back in its own transaction: brokers take turns on one bucket.
+# SQLite keeps its buckets in the broker's memory (None there).
+LOCK_BUCKETS: str | None = """
+SELECT name, rate, burst, tokens, tokens_at,
+       extract(epoch FROM statement_timestamp())::double precision
+FROM queues WHERE name = ANY(%s) AND rate IS NOT NULL ORDER BY name FOR UPDATE
+"""
+SAVE_BUCKET: str | None = "UPDATE queues SET tokens = %s, tokens_at = %s WHERE name = %s"
+# A queue's bucket as it stands (queue_info), without a lock.
+BUCKET_OF: str | None = """
+SELECT name, rate, burst, tokens, tokens_at,
+       extract(epoch FROM statement_timestamp())::double precision
+FROM queues WHERE name = %s AND rate IS NOT NULL
 """
 
 QUEUE_COUNTS_OF = """

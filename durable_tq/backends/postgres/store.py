@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -57,6 +58,12 @@ NOTIFY: str = queries.NOTIFY or ""
 RETRIES = 8
 #: Task ids per dtq_done notification (a payload holds at most 8000 bytes).
 IDS_PER_NOTIFY = 400
+#: The sweeping broker looks at the tasks table's statistics this often (seconds), and
+#: analyzes it when more rows than ANALYZE_MIN_CHANGES and ANALYZE_FRACTION of the table
+#: changed since its last ANALYZE (``queries.TASKS_CHANGED_SINCE_ANALYZE``).
+ANALYZE_CHECK_EVERY = 5.0
+ANALYZE_MIN_CHANGES = 1000
+ANALYZE_FRACTION = 0.1
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -76,6 +83,23 @@ def describe_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+#: Why psycopg refuses a str parameter that holds U+0000 (client-side, no SQLSTATE).
+_NUL_REFUSED = "cannot contain NUL"
+NUL_MESSAGE = (
+    "a text argument (a queue name, key, error or progress message, schedule field...) "
+    "holds a NUL character (\\u0000), which PostgreSQL cannot store in text; JSON payloads, "
+    "results and meta may hold \\u0000 (docs/postgres.md)"
+)
+
+
+def request_error(exc: psycopg.Error, doing: str) -> errors.DurableTQError:
+    """A psycopg error in one request: ``bad_request`` when its own arguments are at fault
+    (a NUL character in a text parameter), else a storage error."""
+    if isinstance(exc, psycopg.DataError) and _NUL_REFUSED in str(exc):
+        return errors.BadRequest(NUL_MESSAGE)
+    return storage_error(exc, doing)
+
+
 class Cursor(psycopg.Cursor[Any]):
     """psycopg's cursor with sqlite3's ``lastrowid``: the id an ``INSERT ... RETURNING id``
     gave (``queries.INSERT_TASK``), or None when it inserted nothing."""
@@ -87,10 +111,18 @@ class Cursor(psycopg.Cursor[Any]):
 
 
 def connect(url: str, *, application_name: str = "durable_tq") -> Connection:
-    """An autocommit connection: the store sends BEGIN and COMMIT itself."""
+    """An autocommit connection: the store sends BEGIN and COMMIT itself.
+
+    Its ``application_name`` ends with this process's pid (``durable_tq sweep pid=1234``),
+    so ``pg_stat_activity`` tells which broker process each session belongs to (and which
+    one holds the sweep lock: docs/postgres.md).
+    """
     try:
         conn: Connection = psycopg.connect(
-            url, autocommit=True, application_name=application_name, cursor_factory=Cursor
+            url,
+            autocommit=True,
+            application_name=f"{application_name} pid={os.getpid()}",
+            cursor_factory=Cursor,
         )
     except psycopg.Error as exc:
         raise errors.StorageError(
@@ -134,6 +166,7 @@ class Store:
         self._next_reader = 0
         self._lead_conn: Connection | None = None
         self._leading = False
+        self._statistics_checked = 0.0
         self._lead_thread = ThreadPoolExecutor(1, thread_name_prefix="durable_tq-pg-lead")
         self.listener: Listener | None = None
         #: Backend pids of this broker's writer sessions: their notifications are our own.
@@ -186,8 +219,15 @@ class Store:
     def _migrate(conn: Connection) -> None:
         try:
             migrate.apply_migrations(conn)
+            autovacuum = conn.execute("SELECT current_setting('autovacuum')").fetchone()
         except psycopg.Error as exc:
             raise storage_error(exc, "migrating") from exc
+        if autovacuum is not None and autovacuum[0] != "on":
+            log.warning(
+                "autovacuum is off on this PostgreSQL server: the dead rows every claim and "
+                "ack leave in tasks and its indexes are never cleaned up, and claims slow "
+                "down as tasks go through; turn it on (docs/postgres.md)"
+            )
 
     async def _on(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         loop = self._loop or asyncio.get_running_loop()
@@ -244,12 +284,13 @@ class Store:
             conn = self._lead_session()
             # Still ours? A session that died took the lock with it.
             conn.execute("SELECT 1").fetchone()
+            if not self._leading:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
+                self._leading = bool(row and row[0])
+                if self._leading:
+                    log.info("this broker runs the sweeps now (advisory lock taken)")
             if self._leading:
-                return True
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
-            self._leading = bool(row and row[0])
-            if self._leading:
-                log.info("this broker runs the sweeps now (advisory lock taken)")
+                self._keep_statistics(conn)
             return self._leading
         except (psycopg.Error, errors.StorageError) as exc:
             log.warning("sweep lock session lost: %s", exc)
@@ -258,6 +299,28 @@ class Store:
             self._lead_conn = None
             self._leading = False
             return False
+
+    def _keep_statistics(self, conn: Connection) -> None:
+        """ANALYZE the tasks table when it changed much since its statistics were taken
+        (``queries.TASKS_CHANGED_SINCE_ANALYZE`` says why), on the sweep session."""
+        now = time.monotonic()
+        if now - self._statistics_checked < ANALYZE_CHECK_EVERY:
+            return
+        self._statistics_checked = now
+        row = conn.execute(queries.TASKS_CHANGED_SINCE_ANALYZE).fetchone()
+        if row is None or row[0] <= max(ANALYZE_MIN_CHANGES, ANALYZE_FRACTION * row[1]):
+            return
+        started = time.perf_counter()
+        try:
+            conn.execute(queries.ANALYZE_TASKS)
+        except psycopg.Error as exc:  # e.g. not the table's owner: the sweeps go on
+            log.warning("could not analyze the tasks table: %s", exc)
+            return
+        log.info(
+            "analyzed tasks (%d rows changed since its statistics) in %.0f ms",
+            row[0],
+            (time.perf_counter() - started) * 1000,
+        )
 
     # --- notifications from other brokers ------------------------------------------------------
 
@@ -408,7 +471,9 @@ class Store:
             self.before_commit(conn, state)
             state.keep_request()
         notes = self._count(conn, state)
+        committing = time.perf_counter()
         conn.execute("COMMIT")
+        self.stats.commit_seconds += time.perf_counter() - committing
         if notes[0]:
             self._notify(conn, notes)
         return state, None
@@ -429,8 +494,9 @@ class Store:
         except _RETRYABLE:
             raise
         except psycopg.Error as exc:
-            log.error("write request failed in PostgreSQL: %s", exc)
-            pending.error = storage_error(exc, "writing")
+            pending.error = request_error(exc, "writing")
+            if not isinstance(pending.error, errors.BadRequest):
+                log.error("write request failed in PostgreSQL: %s", exc)
             state.begin_request()
             if pending.atomic:
                 return False
@@ -537,7 +603,7 @@ class Store:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
         except psycopg.Error as exc:
-            raise storage_error(exc, "reading") from exc
+            raise request_error(exc, "reading") from exc
 
     def may_have_ready(self, queues: Iterable[str]) -> bool:
         """Always True: another broker may have committed ready tasks there."""

@@ -357,6 +357,11 @@ QUEUE_LIMITS_OF = QUEUE_LIMITS + " WHERE name = ?"
 
 # One writer: a limited queue's claims never race (PostgreSQL locks the queue's row).
 LOCK_LIMITED_QUEUE: str | None = None
+# Rate limits: the buckets are in the broker's memory (core.limits.TokenBucket); PostgreSQL
+# keeps them in the queues rows, shared by its brokers.
+LOCK_BUCKETS: str | None = None
+SAVE_BUCKET: str | None = None
+BUCKET_OF: str | None = None
 
 SET_QUEUE_LIMITS = """
 INSERT INTO queues (name, rate, burst, max_leased, key_concurrency)

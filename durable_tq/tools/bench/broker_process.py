@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,15 +42,25 @@ class BrokerStartError(Exception):
 
 class BrokerProcess:
     """``python -m durable_tq serve --port 0 --db DB`` in a folder of its own; with ``grpc``,
-    also ``--grpc 127.0.0.1:0``."""
+    also ``--grpc 127.0.0.1:0``.
+
+    ``db_path`` is a SQLite file (the folder is its parent), or a ``postgresql://`` URL with
+    ``workdir`` for the log (several brokers may share that database).
+    """
 
     def __init__(
-        self, db_path: Path, synchronous: str, *, log_level: str = "WARNING", grpc: bool = False
+        self,
+        db_path: Path | str,
+        synchronous: str,
+        *,
+        log_level: str = "WARNING",
+        workdir: Path | None = None,
+        grpc: bool = False,
     ) -> None:
         self.db_path = db_path
         self.grpc = grpc
         self.grpc_port: int | None = None
-        self.workdir = db_path.parent
+        self.workdir = workdir if workdir is not None else Path(db_path).parent
         self.log_path = self.workdir / "broker.log"
         self.synchronous = synchronous
         self.log_level = log_level
@@ -182,13 +193,19 @@ class CpuTimes:
 
 
 class ResourceWatch:
-    """Samples a process's RSS in a thread (peak per measurement and overall); reads CPU."""
+    """Samples a process's RSS in a thread (peak per measurement and overall); reads CPU.
 
-    def __init__(self, pid: int | None) -> None:
-        self._process: psutil.Process | None = None
-        if pid is not None:
+    Given several pids (brokers sharing one PostgreSQL database) it watches their sum: the
+    RSS of them all together, and the CPU they spent together.
+    """
+
+    def __init__(self, pid: int | Sequence[int] | None) -> None:
+        self._processes: list[psutil.Process] = []
+        pids = [] if pid is None else [pid] if isinstance(pid, int) else list(pid)
+        for one in pids:
             with contextlib.suppress(psutil.Error):
-                self._process = psutil.Process(pid)
+                self._processes.append(psutil.Process(one))
+        self._process: psutil.Process | None = self._processes[0] if self._processes else None
         self.peak_rss = 0
         self.window_peak_rss = 0
         self._stop = threading.Event()
@@ -218,7 +235,7 @@ class ResourceWatch:
         if self._process is None:
             return
         try:
-            rss = int(self._process.memory_info().rss)
+            rss = sum(int(process.memory_info().rss) for process in self._processes)
         except psutil.Error:
             return
         self.peak_rss = max(self.peak_rss, rss)
@@ -232,7 +249,7 @@ class ResourceWatch:
         if self._process is None:
             return None
         try:
-            times = self._process.cpu_times()
+            times = [process.cpu_times() for process in self._processes]
         except psutil.Error:
             return None
-        return CpuTimes(time.monotonic(), times.user + times.system)
+        return CpuTimes(time.monotonic(), sum(t.user + t.system for t in times))

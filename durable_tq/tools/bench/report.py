@@ -73,6 +73,8 @@ class Measurement:
     db_busy_percent: float | None = None  # the writer thread's time in batches, of the window
     commit_ms: float | None = None  # average time of one COMMIT (the fsync, under FULL)
     broker_rss_peak_mb: float | None = None
+    #: PostgreSQL's backends serving the benchmark's database, of one core (``--db``).
+    database_cpu_percent: float | None = None
     loadgen_cpu_percent: float | None = None  # summed over load processes, of one core
     loadgen_cpu_us_per_task: float | None = None
     sqlite_fraction_1row: float | None = None  # throughput / raw single-row commits a second
@@ -236,8 +238,19 @@ def _load_cpu(m: Measurement) -> str:
     return shown
 
 
+def _cpu_per_task(percent: float | None, m: Measurement) -> str:
+    """A CPU share of one core, and what it comes to per task moved."""
+    if percent is None:
+        return "-"
+    shown = f"{percent:.0f}%"
+    if m.throughput > 0:
+        shown += f" ({percent / 100 / m.throughput * 1e6:,.0f} µs/task)"
+    return shown
+
+
 def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
     repeated = any(m.extra.get("runs") for m in measurements)
+    database = any(m.database_cpu_percent is not None for m in measurements)
     headers = ["scenario", "variant", "tasks", "tasks/s"]
     if repeated:
         headers.append("runs (min-max)")
@@ -247,6 +260,7 @@ def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
         "commit ms",
         "DB busy",
         "broker CPU",
+        *(["PostgreSQL CPU"] if database else []),
         "load CPU",
         "broker RSS",
         "x SQLite 1-row",
@@ -269,7 +283,8 @@ def throughput_grid(measurements: Sequence[Measurement]) -> Grid:
                 _num(m.tasks_per_commit, 1),
                 "-" if m.commit_ms is None else _ms(m.commit_ms),
                 "-" if m.db_busy_percent is None else f"{m.db_busy_percent:.0f}%",
-                "-" if m.broker_cpu_percent is None else f"{m.broker_cpu_percent:.0f}%",
+                _cpu_per_task(m.broker_cpu_percent, m),
+                *([_cpu_per_task(m.database_cpu_percent, m)] if database else []),
                 _load_cpu(m),
                 "-" if m.broker_rss_peak_mb is None else f"{m.broker_rss_peak_mb:.0f} MB",
                 _num(m.sqlite_fraction_1row, 1),
@@ -375,14 +390,23 @@ def _summary_lines(report: Report) -> list[str]:
     machine = report.machine
     config = report.config
     disk = machine.get("disk", {})
+    brokers = report.broker.get("urls") or [report.broker.get("url", "?")]
+    where = f"broker {brokers[0]}"
+    if config.get("database"):
+        where = f"{len(brokers)} broker(s) {', '.join(brokers)} on {config['database']}"
     lines = [
         f"durable-tq bench: {config['tasks']:,} tasks, {config['payload_bytes']} byte payloads, "
-        f"synchronous={config['synchronous']}, broker {report.broker.get('url', '?')}",
+        f"synchronous={config['synchronous']}, {where}",
         f"machine: {machine['nproc']} cores, {machine['memory_gb']} GB, Python "
         f"{machine['python']}, SQLite {machine['sqlite']}, disk {disk.get('device', '?')} "
         f"({disk.get('fstype', '?')}); load average {_loadavg(machine, 'loadavg_start')} at "
         f"the start, {_loadavg(machine, 'loadavg_end')} at the end",
     ]
+    if machine.get("postgresql"):
+        lines.append(
+            f"PostgreSQL {machine['postgresql']}; broker CPU and RSS are summed over the "
+            "brokers; PostgreSQL CPU is its backends serving this database"
+        )
     return lines
 
 

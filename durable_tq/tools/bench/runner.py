@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -34,6 +35,7 @@ from durable_tq.tools.bench import profile, wire
 from durable_tq.tools.bench.broker_process import BrokerProcess, ResourceWatch, find_listening_pid
 from durable_tq.tools.bench.fleet import Fleet, LoadError
 from durable_tq.tools.bench.loadgen import LoadResult, LoadSpec
+from durable_tq.tools.bench.postgres import DatabaseWatch
 from durable_tq.tools.bench.report import MB, Latency, Measurement, Report, machine_info
 
 PRELOAD_BATCH = 1000
@@ -67,6 +69,10 @@ class BenchOptions:
     repeat: int = 1  # whole runs, each on a fresh broker; the report gives medians
     profile_dir: Path | None = None  # py-spy the broker during each measurement, keep it here
     claim_scaling_args: tuple[str, ...] = ()
+    #: A PostgreSQL URL: start ``brokers`` brokers on that database and spread the load
+    #: processes of each measurement over them.
+    db_url: str | None = None
+    brokers: int = 1
 
     def effective(self) -> BenchOptions:
         """``--quick``: counts so small that the run only proves the tool works."""
@@ -91,6 +97,8 @@ class Snapshot:
     at: float
     busy_seconds: float | None = None  # the writer's time in batches (newer brokers)
     commit_seconds: float | None = None  # ... of which in COMMIT
+    #: PostgreSQL backends of the benchmark's database: CPU seconds by pid (``--db``).
+    database_cpu: dict[int, float] | None = None
 
 
 @dataclass
@@ -125,6 +133,13 @@ class Bench:
         self.broker: BrokerProcess | None = None
         self.endpoint: wire.Endpoint | None = None
         self.control: wire.WireConnection | None = None
+        #: With ``--db``: every broker (``broker`` is the first), its endpoint and a control
+        #: connection to each (their counters are summed).
+        self.brokers: list[BrokerProcess] = []
+        self.endpoints: list[wire.Endpoint] = []
+        self.controls: list[wire.WireConnection] = []
+        self.database: DatabaseWatch | None = None
+        self._run_tag = ""
         self.watch = ResourceWatch(None)
         self.progress: Progress | None = None
         self.report = Report(config={}, machine={})
@@ -146,7 +161,12 @@ class Bench:
     def _start(self) -> None:
         options = self.options
         assert self._tempdir is not None
-        if options.url is None:
+        pids: list[int] = []
+        pid: int | None
+        if options.db_url is not None:
+            pid, synchronous = self._start_brokers(options.db_url)
+            pids = [b.pid for b in self.brokers]
+        elif options.url is None:
             # gRPC only when a scenario needs it (and the extra is there): the other figures
             # stay those of a broker without it.
             self.broker = BrokerProcess(
@@ -155,16 +175,19 @@ class Bench:
                 grpc="grpc" in options.scenarios and grpc_installed(),
             )
             self.endpoint = self.broker.start()
-            pid: int | None = self.broker.pid
+            pid = self.broker.pid
             synchronous = options.synchronous
         else:
             self.endpoint = wire.parse_endpoint(options.url, options.token)
             local = self.endpoint.host in ("127.0.0.1", "localhost", "::1")
             pid = find_listening_pid(self.endpoint.port) if local else None
             synchronous = "as configured on that broker"
-        self.watch = ResourceWatch(pid)
+        assert self.endpoint is not None
+        self.watch = ResourceWatch(pids or pid)
         self.watch.__enter__()
-        self.control = wire.connect(self.endpoint)
+        self.endpoints = self.endpoints or [self.endpoint]
+        self.controls = [wire.connect(endpoint) for endpoint in self.endpoints]
+        self.control = self.controls[0]
         self.report = Report(
             config={
                 "scenarios": list(options.scenarios),
@@ -175,10 +198,19 @@ class Bench:
                 "rate": options.rate,
                 "duration": options.duration,
                 "external_broker": options.url is not None,
+                "brokers": len(self.endpoints),
             },
             machine=machine_info(self._tempdir),
             broker={"url": self.endpoint.url, "pid": pid},
         )
+        if self.database is not None:
+            from durable_tq.backends.postgres.store import describe_url
+
+            assert options.db_url is not None
+            self.report.config["database"] = describe_url(options.db_url)
+            self.report.machine["postgresql"] = self.database.version
+            self.report.broker["urls"] = [e.url for e in self.endpoints]
+            self.report.broker["pids"] = pids
         if pid is None:
             self.report.notes.append(
                 "broker CPU and memory are not measured: its process is not visible from here"
@@ -194,21 +226,45 @@ class Bench:
             )
             self.progress.start()
 
+    def _start_brokers(self, url: str) -> tuple[int, str]:
+        """``brokers`` brokers on the PostgreSQL database ``url``, one after the other (the
+        first migrates); the first one's pid, and what durability means there."""
+        assert self._tempdir is not None
+        self._run_tag = secrets.token_hex(3)  # the database outlives the run: fresh names
+        self.database = DatabaseWatch(url)
+        for number in range(self.options.brokers):
+            workdir = self._tempdir / f"broker{number}"
+            workdir.mkdir()
+            broker = BrokerProcess(url, self.options.synchronous, workdir=workdir)
+            self.brokers.append(broker)
+            self.endpoints.append(broker.start())
+        self.broker, self.endpoint = self.brokers[0], self.endpoints[0]
+        return self.broker.pid, "on (PostgreSQL synchronous_commit)"
+
     def __exit__(self, *exc_info: object) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        if self.control is not None:
-            self.control.close()
-            self.control = None
+        for control in self.controls:
+            control.close()
+        self.controls = []
+        self.control = None
         self.watch.__exit__(None, None, None)
         if self.watch.peak_rss:
             self.report.broker["rss_peak_mb"] = self.watch.peak_rss / MB
         self.report.machine["loadavg_end"] = list(os.getloadavg())
+        if self.brokers:
+            codes = [broker.stop() for broker in self.brokers]
+            self.report.broker["exit_code"] = next((c for c in codes if c), codes[0])
+            self.brokers = []
+            self.broker = None
         if self.broker is not None:
             code = self.broker.stop()
             self.report.broker["exit_code"] = code
             self.broker = None
+        if self.database is not None:
+            self.database.close()
+            self.database = None
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)
             self._tempdir = None
@@ -221,7 +277,8 @@ class Bench:
     # --- helpers for scenarios ----------------------------------------------------------------
 
     def new_queue(self, slug: str) -> str:
-        return f"bench{next(self._queue_numbers)}-{re.sub(r'[^a-z0-9]+', '-', slug.lower())}"
+        tag = f"{self._run_tag}-" if self._run_tag else ""
+        return f"bench{tag}{next(self._queue_numbers)}-{re.sub(r'[^a-z0-9]+', '-', slug.lower())}"
 
     def spec(self, role: str, queue: str, tasks: int, **fields: Any) -> LoadSpec:
         assert self.endpoint is not None
@@ -248,16 +305,23 @@ class Bench:
             progress.stop_task(task_id)
 
     def snapshot(self) -> Snapshot:
-        assert self.control is not None
-        store = self.control.request("stats").get("store") or {}
+        """Every broker's writer counters (summed) and CPU, and PostgreSQL's with ``--db``."""
+        assert self.controls
+        stores = [control.request("stats").get("store") or {} for control in self.controls]
         cpu = self.watch.cpu()
+
+        def total(key: str) -> Any:
+            values = [store.get(key) for store in stores]
+            return None if None in values else sum(values)
+
         return Snapshot(
-            commits=store.get("commits"),
-            writes=store.get("writes"),
+            commits=total("commits"),
+            writes=total("writes"),
             cpu=None if cpu is None else cpu.cpu,
             at=time.monotonic() if cpu is None else cpu.at,
-            busy_seconds=store.get("busy_seconds"),
-            commit_seconds=store.get("commit_seconds"),
+            busy_seconds=total("busy_seconds"),
+            commit_seconds=total("commit_seconds"),
+            database_cpu=None if self.database is None else self.database.cpu(),
         )
 
     def preload(self, queue: str, count: int) -> None:
@@ -290,6 +354,12 @@ class Bench:
     # --- measuring ----------------------------------------------------------------------------
 
     def measure(self, variant: Variant) -> Measurement:
+        if len(self.endpoints) > 1:  # one broker after the other: spec i on broker i mod N
+            specs = [
+                replace(spec, endpoint=self.endpoints[i % len(self.endpoints)])
+                for i, spec in enumerate(variant.specs)
+            ]
+            variant = replace(variant, specs=specs)
         queue = variant.specs[0].queue
         if variant.preload:
             self.preload(queue, variant.preload)
@@ -333,7 +403,9 @@ class Bench:
         try:
             yield
         except LoadError as exc:
-            broker = self.broker
+            brokers = self.brokers or ([self.broker] if self.broker is not None else [])
+            ended = [b for b in brokers if b.proc is not None and b.proc.poll() is not None]
+            broker = ended[0] if ended else None
             code = None if broker is None or broker.proc is None else broker.proc.poll()
             if broker is None or code is None:
                 raise
@@ -399,6 +471,9 @@ class Bench:
             m.commit_ms = 1000 * (after.commit_seconds - before.commit_seconds) / m.commits
         if before.cpu is not None and after.cpu is not None:
             m.broker_cpu_percent = 100 * (after.cpu - before.cpu) / max(after.at - before.at, 1e-9)
+        if before.database_cpu is not None and after.database_cpu is not None:
+            spent = DatabaseWatch.spent(before.database_cpu, after.database_cpu)
+            m.database_cpu_percent = 100 * spent / max(after.at - before.at, 1e-9)
         if self.watch.window_peak_rss:
             m.broker_rss_peak_mb = self.watch.window_peak_rss / MB
         limits = self.report.limits

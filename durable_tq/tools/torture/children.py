@@ -82,14 +82,16 @@ def outcome_of(exc: errors.DurableTQError) -> str:
     return exc.code
 
 
-def _client(port: int, worker: dict[str, Any] | None = None) -> AsyncClient:
+def _client(
+    port: int, worker: dict[str, Any] | None = None, *, connect_attempts: int = 6
+) -> AsyncClient:
     return AsyncClient(
         HOST,
         port,
         worker=worker,
         timeout=REQUEST_TIMEOUT,
         connect_timeout=2.0,
-        connect_attempts=6,
+        connect_attempts=connect_attempts,
         reconnect_timeout=10.0,
         claim_margin=REQUEST_TIMEOUT,
     )
@@ -104,21 +106,45 @@ async def _watch_stop(stop: anyio.Event) -> None:
 
 
 async def _keep_connected(
-    port: int,
+    ports: list[int],
     stop: anyio.Event,
     worker: dict[str, Any] | None,
     run: Callable[[AsyncClient, anyio.abc.TaskGroup], None],
 ) -> None:
-    """Open a client (again and again while the broker is down) and ``run`` loops on it."""
-    while not stop.is_set():
+    """Open a client (again and again while the broker is down) and ``run`` loops on it.
+
+    With several ports (brokers on one PostgreSQL database) a client whose connection breaks
+    is left, with whatever was in flight on it, and the next broker is tried: a killed
+    broker's clients move to one that serves, as a real deployment's would.
+    """
+    several = len(ports) > 1
+    for port in itertools.cycle(ports):
+        if stop.is_set():
+            return
         try:
-            async with _client(port, worker) as client, anyio.create_task_group() as tg:
+            client = _client(port, worker, connect_attempts=1 if several else 6)
+            async with client, anyio.create_task_group() as tg:
                 run(client, tg)
+                if several:
+                    tg.start_soon(_leave_when_lost, client, stop, tg.cancel_scope)
                 await stop.wait()
         except errors.DurableTQError as exc:  # could not connect; the broker is restarting
             log.info("connecting: %s", exc)
-            with anyio.move_on_after(0.2):
+            with anyio.move_on_after(0.05 if several else 0.2):
                 await stop.wait()
+
+
+async def _leave_when_lost(
+    client: AsyncClient, stop: anyio.Event, scope: anyio.CancelScope
+) -> None:
+    """Cancel ``scope`` (the client's loops) once its connection is gone."""
+    while not stop.is_set():
+        if not client.connected:
+            log.info("lost %s; moving to the next broker", client.url)
+            scope.cancel()
+            return
+        with anyio.move_on_after(0.05):
+            await stop.wait()
 
 
 # --- producer -----------------------------------------------------------------------------------
@@ -128,10 +154,16 @@ async def _produce(args: argparse.Namespace) -> None:
     history = HistoryFile(Path(args.log))
     stop = anyio.Event()
 
+    starts = itertools.count()
+
     def start(client: AsyncClient, tg: anyio.abc.TaskGroup) -> None:
+        # Lanes begin again on each broker they move to: new uids ("p0.1m2-7") and seeds.
+        moved = next(starts)
+        again = f"m{moved}" if moved else ""
         for lane in range(args.concurrency):
-            rng = random.Random(f"{args.seed}/{lane}")
-            tg.start_soon(_produce_lane, client, history, rng, f"{args.name}.{lane}", args, stop)
+            rng = random.Random(f"{args.seed}/{lane}{again}")
+            name = f"{args.name}.{lane}{again}"
+            tg.start_soon(_produce_lane, client, history, rng, name, args, stop)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -518,7 +550,13 @@ def child_main(argv: list[str] | None = None) -> int:
     """``python -m durable_tq.tools.torture producer|consumer``: one child of the harness."""
     parser = argparse.ArgumentParser(prog="python -m durable_tq.tools.torture")
     parser.add_argument("role", choices=["producer", "consumer"])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        required=True,
+        help="the broker's port; repeated: brokers on one database, the next one on a loss",
+    )
     parser.add_argument("--log", required=True, help="history file to append to")
     parser.add_argument("--name", required=True, help="uid prefix / worker id")
     parser.add_argument("--seed", default="0")

@@ -81,6 +81,9 @@ class TortureConfig:
     synchronous: str = "FULL"
     drain_timeout: float = 120.0
     start_timeout: float = 30.0
+    #: A PostgreSQL URL: run ``brokers`` brokers on that database (``tools.torture.fleet``).
+    db_url: str | None = None
+    brokers: int = 1
 
     @property
     def settle_consumer_count(self) -> int:
