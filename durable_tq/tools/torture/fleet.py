@@ -51,6 +51,7 @@ from durable_tq.tools.torture.children import (
     TICKS,
     Progress,
 )
+from durable_tq.tools.torture.flows import check_dependencies, check_waits
 from durable_tq.tools.torture.harness import (
     TortureConfig,
     TortureReport,
@@ -614,11 +615,16 @@ def run_fleet_torture(config: TortureConfig, progress: Progress | None = None) -
     except Exception as exc:  # the checks then report every ok'd write as missing
         stored = {}
         run.tally.unexpected_exits.append(f"reading the database failed: {exc}")
+    # Dependencies and waits are checked as on one SQLite broker; schedules are not
+    # registered here (their check needs one broker's lives, docs/postgres.md).
+    wait_check, wait_counts = check_waits(history, stored, [k.at for k in run.fleet.kills])
     checks = [
         *check_history(history, stored),
+        *check_dependencies(history, stored),
+        wait_check,
         *_fleet_checks(run.tally, run.fleet, len(run.members)),
     ]
-    counts = _counts(run.tally, history, stored)
+    counts = {**_counts(run.tally, history, stored), **wait_counts}
     kills, delays, _ = _takeovers(run.fleet)
     per_broker = [sum(k.member == m.number for k in run.fleet.kills) for m in run.members]
     counts.update(
