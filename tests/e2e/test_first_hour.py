@@ -107,6 +107,13 @@ def work(tmp_path: Path) -> Path:
     return folder
 
 
+def sigint_as_at_a_terminal() -> None:
+    """In a child before exec: SIGINT back to its default. A test run started in the
+    background by a non-interactive shell (``cmd &``) inherits SIGINT ignored, and Python
+    leaves an ignored SIGINT ignored, so Ctrl-C (the SIGINT these tests send) would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def children() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
@@ -120,6 +127,7 @@ def children() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=sigint_as_at_a_terminal,
         )
         started.append(proc)
         return proc
@@ -225,6 +233,7 @@ def test_ctrl_c_during_a_blocking_call_lets_the_client_close_at_once(
         text=True,
         timeout=LIMIT,
         env=clean_env(),
+        preexec_fn=sigint_as_at_a_terminal,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("closed in "), done.stdout
