@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,12 @@ def read_database(db_path: Path) -> dict[int, StoredTask]:
         ).fetchall()
     finally:
         conn.close()
+    return stored_tasks(rows)
+
+
+def stored_tasks(rows: Iterable[tuple[Any, ...]]) -> dict[int, StoredTask]:
+    """Rows of (id, state, payload, lease_token, last_error, result, queue), as either
+    backend returns them, by task id."""
     stored = {}
     for task_id, state, payload, token, last_error, result, queue in rows:
         decoded = json.loads(payload)

@@ -21,7 +21,6 @@ The database must not hold torture tasks from an earlier run; it is left as the 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -41,6 +40,7 @@ from durable_tq.tools.torture.checker import (
     check_history,
     examples,
     read_history,
+    stored_tasks,
 )
 from durable_tq.tools.torture.children import (
     HOST,
@@ -95,21 +95,7 @@ def read_postgres(url: str) -> dict[int, StoredTask]:
             "WHERE queue IN (%s, %s)",
             (QUEUE, TICKS),
         ).fetchall()
-    stored = {}
-    for task_id, state, payload, token, last_error, result, queue in rows:
-        decoded = json.loads(payload)
-        fields = decoded if isinstance(decoded, dict) else {}
-        stored[task_id] = StoredTask(
-            state,
-            fields.get("uid"),
-            token,
-            parents=tuple(fields.get("after", ())),
-            doomed=fields.get("doom") is True,
-            last_error=last_error,
-            result=result,
-            queue=queue,
-        )
-    return stored
+    return stored_tasks(rows)
 
 
 def _fixed_port(taken: list[int]) -> int:
