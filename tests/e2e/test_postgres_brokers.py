@@ -253,3 +253,49 @@ async def test_the_sweeping_broker_keeps_the_statistics_of_tasks_fresh(
             " JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'tasks'"
         ).fetchone()
     assert row is not None and row[0] is not None and row[1] >= 3000
+
+
+async def test_a_schedule_fires_each_slot_once_across_brokers_and_a_sweeper_kill(
+    serve_subprocess: ServeSubprocess, raw_connect: RawConnect, pg_url: str
+) -> None:
+    """Two brokers, one schedule every second, its tasks acked as they come (so a slot fired
+    twice would show as a second task: the unique key only refuses a live one). The sweeping
+    broker is SIGKILLed; the other takes the sweeps over and goes on firing: no slot ever
+    has two tasks, and slots fired after the takeover."""
+    import psycopg
+
+    a, b = brokers(serve_subprocess, pg_url, 2)
+    stop = anyio.Event()
+
+    async def work() -> None:
+        async with raw_connect(b.url, within=60) as worker:
+            while not stop.is_set():
+                reply = await worker.request("claim", queues=["ticks"], max=8, wait=0.5)
+                for task in reply.get("tasks", []):
+                    await worker.request(
+                        "ack", task_id=task["task_id"], lease_token=task["lease_token"]
+                    )
+
+    def slots() -> list[str]:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT unique_key FROM tasks WHERE queue = 'ticks'").fetchall()
+        return [key for (key,) in rows]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work)
+        async with raw_connect(b.url) as admin:
+            spec = {"name": "tick", "queue": "ticks", "every": 1, "missed": "latest"}
+            assert (await admin.request("schedule_upsert", **spec))["ok"]
+        with anyio.fail_after(30):
+            while len(slots()) < 3:  # noqa: ASYNC110 - polling the database
+                await anyio.sleep(0.1)
+        a.kill()
+        wait_for_log(b, SWEEPING, within=30)
+        before_takeover = len(slots())
+        with anyio.fail_after(30):
+            while len(slots()) < before_takeover + 3:  # noqa: ASYNC110 - polling the database
+                await anyio.sleep(0.1)
+        stop.set()
+    fired = slots()
+    assert len(fired) == len(set(fired)), sorted(fired)
+    assert all(key.startswith("schedule:tick:") for key in fired)
